@@ -1,0 +1,103 @@
+"""Frozen, hashable configurations for models and training, and the named presets that reproduce published set-ups.
+
+Configs are static under `jax.jit`, so changing one recompiles and nothing else does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one model.
+
+    `kind="vae"` is the hierarchical VAE; with one latent level, one hidden layer of 600 and the standard prior it is
+    exactly Liang et al.'s Mult-VAE [I-600-200-600-I]. `kind="dae"` is Mult-DAE [I-200-I].
+
+    Attributes:
+      kind: "vae" (hierarchical VAE, Mult-VAE as its one-level case), "dae" (Mult-DAE), "ease" or "popularity".
+      latents: width of each latent level, bottom (z_1, next to the data) first, top (z_L) last.
+      hidden: width of the deterministic hidden layers (600 in Liang et al. and Kim & Suh).
+      inference: "bottom_up" (H+Vamp: q(z_L|x), then q(z_l|x, z_{l+1})) or "ladder" (Sonderby et al. 2016).
+      prior: "standard" (N(0, I) on z_L) or "vamp" (VampPrior on z_L).
+      n_pseudo_inputs: VampPrior components.
+      gated: gated linear units, h = (W x + b) * sigmoid(V x + c), in encoder and decoder hidden layers.
+      likelihood: "multinomial", "bernoulli" or "gaussian".
+      input_dropout: dropout rate on the normalised input during training (0.5 in Liang et al.).
+      logvar_clip: (low, high) clip of every log-variance, or None (Kim & Suh clip to [-12, 4]).
+      dae_latent: code width of Mult-DAE.
+    """
+
+    kind: Literal["vae", "dae", "ease", "popularity"] = "vae"
+    latents: tuple[int, ...] = (200,)
+    hidden: int = 600
+    inference: Literal["bottom_up", "ladder"] = "bottom_up"
+    prior: Literal["standard", "vamp"] = "standard"
+    n_pseudo_inputs: int = 1000
+    gated: bool = False
+    likelihood: Literal["multinomial", "bernoulli", "gaussian"] = "multinomial"
+    input_dropout: float = 0.5
+    logvar_clip: tuple[float, float] | None = None
+    dae_latent: int = 200
+
+    def __post_init__(self):
+        if self.kind not in ("vae", "dae", "ease", "popularity"):
+            raise ValueError(f"unknown model kind {self.kind!r}; expected vae, dae, ease or popularity")
+        if not self.latents or any(int(d) <= 0 for d in self.latents):
+            raise ValueError(f"latents must be positive widths, got {self.latents}")
+        if self.inference not in ("bottom_up", "ladder"):
+            raise ValueError(f"inference must be 'bottom_up' or 'ladder', got {self.inference!r}")
+        if self.prior not in ("standard", "vamp"):
+            raise ValueError(f"prior must be 'standard' or 'vamp', got {self.prior!r}")
+        if self.likelihood not in ("multinomial", "bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be multinomial, bernoulli or gaussian, got {self.likelihood!r}")
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.latents)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and schedule.
+
+    Attributes:
+      epochs: passes over the training users.
+      batch_size: users per update (500 in Liang et al.).
+      learning_rate: Adam step size.
+      weight_decay: L2 penalty lam * sum(w^2) on weight matrices, as Liang et al.'s `2 * l2_regularizer(lam)`
+        (0.01 for Mult-DAE, 0 for Mult-VAE).
+      beta_cap: largest KL weight; beta = min(beta_cap, update / total_anneal_steps).
+      total_anneal_steps: updates over which beta rises; None means `anneal_epochs` epochs of updates.
+      anneal_epochs: used when total_anneal_steps is None.
+      beta_per_level: optional multiplier of beta for each latent level (bottom first).
+      free_bits: minimum KL per level in nats (Kingma et al. 2016); 0 disables.
+      early_stopping: stop after this many epochs without validation improvement; None never stops early.
+      eval_every: validate every this many epochs.
+      steps_per_dispatch: updates fused into one jitted lax.scan call.
+      seed: the run's seed; params, shuffling and noise all derive from it.
+    """
+
+    epochs: int = 100
+    batch_size: int = 500
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    beta_cap: float = 0.2
+    total_anneal_steps: int | None = 200_000
+    anneal_epochs: int = 100
+    beta_per_level: tuple[float, ...] | None = None
+    free_bits: float = 0.0
+    early_stopping: int | None = None
+    eval_every: int = 1
+    steps_per_dispatch: int = 64
+    seed: int = 98765
+
+    def __post_init__(self):
+        if self.epochs < 0 or self.batch_size <= 0 or self.learning_rate <= 0:
+            raise ValueError("epochs must be >= 0, batch_size and learning_rate > 0")
+        if self.steps_per_dispatch <= 0 or self.eval_every <= 0:
+            raise ValueError("steps_per_dispatch and eval_every must be positive")
