@@ -1,0 +1,50 @@
+"""Orbax checkpoints of a run: `latest` (the full training state, to resume) and `best` (parameters with the best
+validation metric), each with a JSON record of the loop's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+    """The `latest` and `best` checkpoints under `workdir/checkpoints/`."""
+
+    def __init__(self, workdir: str | pathlib.Path):
+        root = pathlib.Path(workdir).resolve() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+        self._managers = {name: ocp.CheckpointManager(root / name, options=options) for name in ("latest", "best")}
+
+    def save(self, name: str, epoch: int, state, record: dict) -> None:
+        """Saves `state` (any pytree of arrays) and the JSON-able `record` as checkpoint `name` at `epoch`."""
+        manager = self._managers[name]
+        manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
+        manager.wait_until_finished()
+
+    def latest_epoch(self, name: str) -> int | None:
+        return self._managers[name].latest_step()
+
+    def restore(self, name: str, abstract_state) -> tuple[object, dict] | None:
+        """(state, record) of checkpoint `name`, restored into the structure and shardings of `abstract_state`
+        (e.g. from `jax.eval_shape`), or None when there is none."""
+        manager = self._managers[name]
+        epoch = manager.latest_step()
+        if epoch is None:
+            return None
+        restored = manager.restore(
+            epoch,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()),
+        )
+        return restored["state"], restored["record"]
+
+    def close(self) -> None:
+        for manager in self._managers.values():
+            manager.close()
+
+
+def abstract_like(tree):
+    """Shape/dtype structs of `tree`, for restoring without holding a second copy."""
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None)), tree)

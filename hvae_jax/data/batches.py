@@ -1,0 +1,82 @@
+"""Batches: the training matrix kept on the device as CSR arrays, shuffled user orders drawn from a key, and rows
+densified on the device inside the jitted step, so the host never builds or ships a [batch, n_items] array.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+
+
+class DeviceCSR(NamedTuple):
+    """A binary [n_rows, n_items] CSR matrix as device arrays.
+
+    Attributes:
+      indptr: [n_rows + 1] int32 row offsets.
+      indices: [nnz] int32 item indices.
+    """
+
+    indptr: jax.Array
+    indices: jax.Array
+
+
+def to_device(matrix: sp.csr_matrix) -> DeviceCSR:
+    """Copies a CSR matrix's structure to the default device (values are taken as 1)."""
+    matrix = sp.csr_matrix(matrix)
+    matrix.sort_indices()
+    return DeviceCSR(jnp.asarray(matrix.indptr, jnp.int32), jnp.asarray(matrix.indices, jnp.int32))
+
+
+def max_batch_nnz(matrix: sp.csr_matrix, batch_size: int) -> int:
+    """Interactions in the `batch_size` longest rows: a bound on any batch's entries, so shapes stay static."""
+    lengths = np.sort(np.diff(matrix.indptr))[::-1]
+    return max(int(lengths[:batch_size].sum()), 1)
+
+
+def epoch_order(key: jax.Array, n_rows: int, batch_size: int) -> jax.Array:
+    """[n_steps, batch_size] int32 shuffled row indices for one epoch; -1 pads the last, partial batch."""
+    n_steps = -(-n_rows // batch_size)
+    order = jax.random.permutation(key, n_rows).astype(jnp.int32)
+    padding = jnp.full((n_steps * batch_size - n_rows,), -1, jnp.int32)
+    return jnp.concatenate([order, padding]).reshape(n_steps, batch_size)
+
+
+def densify(matrix: DeviceCSR, rows: jax.Array, n_items: int, max_nnz: int) -> jax.Array:
+    """Dense [batch, n_items] 0/1 rows of `matrix`, built on the device; rows equal to -1 give zero rows.
+
+    Each of the `max_nnz` slots finds its batch row with a search over the rows' cumulative lengths, reads its item
+    from `indices`, and is scattered into the output; slots past the batch's real entries add zero.
+
+    Args:
+      matrix: the device CSR matrix.
+      rows: [batch] int32 row indices, -1 for padding.
+      n_items: number of columns.
+      max_nnz: static bound on the batch's entries (`max_batch_nnz`).
+    """
+    is_real = rows >= 0
+    safe_rows = jnp.where(is_real, rows, 0)
+    starts_in_matrix = matrix.indptr[safe_rows]
+    lengths = jnp.where(is_real, matrix.indptr[safe_rows + 1] - starts_in_matrix, 0)
+    ends = jnp.cumsum(lengths)
+    slot = jnp.arange(max_nnz, dtype=jnp.int32)
+    batch_row = jnp.minimum(jnp.searchsorted(ends, slot, side="right"), rows.shape[0] - 1)
+    in_batch = slot < ends[-1]
+    source = starts_in_matrix[batch_row] + slot - (ends[batch_row] - lengths[batch_row])
+    items = matrix.indices[jnp.where(in_batch, source, 0)]
+    dense = jnp.zeros((rows.shape[0], n_items), jnp.float32)
+    return dense.at[batch_row, items].add(in_batch.astype(jnp.float32))
+
+
+def host_dense_rows(matrix: sp.csr_matrix, start: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows [start, start + batch_size) of `matrix` as a dense float32 array padded with zero rows to `batch_size`,
+    and a [batch_size] bool mask of real rows. Used for evaluation sets, which are small."""
+    stop = min(start + batch_size, matrix.shape[0])
+    dense = np.zeros((batch_size, matrix.shape[1]), np.float32)
+    dense[: stop - start] = matrix[start:stop].toarray()
+    real = np.zeros(batch_size, bool)
+    real[: stop - start] = True
+    return dense, real

@@ -1,0 +1,120 @@
+"""Evaluation: fold a user's input in, score every item, mask the excluded items, rank on the device and summarise
+NDCG / Recall with standard errors. Any scorer works: the neural models, EASE and popularity share this code.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hvae_jax import metrics
+from hvae_jax.data.batches import host_dense_rows
+from hvae_jax.data.splits import EvalSet
+
+DEFAULT_KS = (10, 20, 50, 100)
+
+# A scorer maps (fold_in [batch, n_items], side [batch, n_features] or None) to scores [batch, n_items].
+Scorer = Callable[[jax.Array, jax.Array | None], jax.Array]
+
+
+def _side_rows(side_features: np.ndarray | None, start: int, batch_size: int) -> np.ndarray | None:
+    """Side-feature rows [start, start + batch_size), zero-padded like `host_dense_rows`."""
+    if side_features is None:
+        return None
+    rows = np.zeros((batch_size, side_features.shape[1]), np.float32)
+    chunk = side_features[start : start + batch_size]
+    rows[: len(chunk)] = chunk
+    return rows
+
+
+def model_scorer(model: nn.Module, params) -> Scorer:
+    """Scores of a neural model at evaluation: no dropout, z = posterior mean, one user vmapped over the batch."""
+
+    def score(fold_in: jax.Array, side: jax.Array | None) -> jax.Array:
+        one_user = lambda x, s: model.apply({"params": params}, x, s, None).logits  # noqa: E731
+        return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(fold_in, side)
+
+    return score
+
+
+def make_eval_step(score_fn: Callable, ks: Sequence[int]) -> Callable:
+    """One jitted call: scores, exclusion mask, top-K and per-user metrics for a padded batch.
+
+    `score_fn(state, fold_in, side)` receives whatever `state` is passed (parameters, EASE weights), so the
+    compiled step is reused across epochs instead of being rebuilt around new parameters.
+    """
+    ks = tuple(ks)
+
+    @jax.jit
+    def eval_step(state, fold_in, exclude, heldout, side, real):
+        scores = score_fn(state, fold_in, side)
+        return metrics.ranking_metrics(scores, heldout, exclude, ks, valid=real)
+
+    return eval_step
+
+
+def evaluate(
+    eval_step: Callable,
+    state,
+    eval_set: EvalSet,
+    *,
+    side_features: np.ndarray | None = None,
+    batch_size: int = 1000,
+) -> dict:
+    """Ranks every user of `eval_set` and summarises the metrics.
+
+    Args:
+      eval_step: from `make_eval_step`.
+      state: what eval_step's scorer needs (model parameters, EASE weights, popularity vector).
+      eval_set: fold-in, held-out and exclusion matrices.
+      side_features: [n_eval_users, n_features] aligned with `eval_set`'s users, or None.
+      batch_size: users per call; the last batch is padded, so one shape is compiled.
+
+    Returns:
+      `metrics.summarize` output: each metric's mean and `_se`, `n_users`, `n_users_skipped_no_heldout`.
+    """
+    batch_size = max(1, min(batch_size, eval_set.n_users))
+    per_batch = []
+    for start in range(0, eval_set.n_users, batch_size):
+        fold_in, real = host_dense_rows(eval_set.fold_in, start, batch_size)
+        exclude, _ = host_dense_rows(eval_set.exclude, start, batch_size)
+        heldout, _ = host_dense_rows(eval_set.heldout, start, batch_size)
+        side = _side_rows(side_features, start, batch_size)
+        per_batch.append(eval_step(state, fold_in, exclude, heldout, side, real))
+    return metrics.summarize(metrics.concat_per_user(per_batch))
+
+
+def neural_eval_step(model: nn.Module, ks: Sequence[int] = DEFAULT_KS) -> Callable:
+    """`make_eval_step` for a Flax model whose state is its parameters."""
+    return make_eval_step(lambda params, fold_in, side: model_scorer(model, params)(fold_in, side), ks)
+
+
+def posterior_means(model: nn.Module, params, eval_set: EvalSet, side_features=None, batch_size: int = 1000):
+    """Posterior means of every latent level for the users of `eval_set`: a list (bottom first) of [n_users, d_l]."""
+
+    @jax.jit
+    def means(fold_in, side):
+        one_user = lambda x, s: model.apply({"params": params}, x, s, None).means  # noqa: E731
+        return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(fold_in, side)
+
+    chunks = []
+    for start in range(0, eval_set.n_users, batch_size):
+        fold_in, real = host_dense_rows(eval_set.fold_in, start, batch_size)
+        side = _side_rows(side_features, start, batch_size)
+        chunks.append([np.asarray(level)[real] for level in means(fold_in, side)])
+    return [np.concatenate([chunk[level] for chunk in chunks]) for level in range(len(chunks[0]))]
+
+
+def active_units(level_means: np.ndarray, threshold: float = 0.01) -> int:
+    """Burda et al. (2016)'s active units: dimensions u with Cov_x(E_q[z_u | x]) > threshold.
+
+    Args:
+      level_means: [n_users, d] posterior means of one level.
+    """
+    if level_means.shape[0] < 2:
+        return 0
+    return int(np.sum(np.var(level_means, axis=0, ddof=1) > threshold))

@@ -1,0 +1,275 @@
+"""Training: one jitted, donated call runs a chunk of updates as a `lax.scan` over batches densified on the device;
+the host loop validates, keeps the best parameters, logs, checkpoints and resumes exactly where it stopped.
+
+Keys: `key(seed)` splits once into init / train / shuffle keys. Update `s` uses `fold_in(train_key, s)` inside the
+jit and epoch `e` shuffles with `fold_in(shuffle_key, e)`, so a resumed run draws exactly the numbers an
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from hvae_jax.checkpoint import Checkpoints, abstract_like
+from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.data.batches import DeviceCSR, densify, epoch_order, max_batch_nnz, to_device
+from hvae_jax.data.splits import Split
+from hvae_jax.evaluate import DEFAULT_KS, evaluate, neural_eval_step
+from hvae_jax.models.hvae import build_model, init_params
+from hvae_jax.objectives import batch_loss, beta_per_level
+
+VALIDATION_METRIC = "ndcg@100"
+
+
+class TrainState(NamedTuple):
+    """Everything an update changes: the update counter, parameters and optimizer state."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+class RunKeys(NamedTuple):
+    init: jax.Array
+    train: jax.Array
+    shuffle: jax.Array
+
+
+def run_keys(seed: int) -> RunKeys:
+    """The run's three independent key streams, split once from the seed."""
+    return RunKeys(*jax.random.split(jax.random.key(seed), 3))
+
+
+def total_anneal_steps(train: TrainConfig, steps_per_epoch: int) -> int:
+    """Updates over which beta rises: the configured number, or `anneal_epochs` epochs of updates."""
+    if train.total_anneal_steps is not None:
+        return train.total_anneal_steps
+    return max(1, train.anneal_epochs * steps_per_epoch)
+
+
+def create_state(model: nn.Module, optimizer: optax.GradientTransformation, n_side_features: int, *, key) -> TrainState:
+    params = init_params(model, n_side_features, key=key)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+
+def make_update_chunk(
+    model: nn.Module,
+    train: TrainConfig,
+    optimizer: optax.GradientTransformation,
+    *,
+    max_nnz: int,
+    anneal_steps: int,
+) -> Callable:
+    """Builds `update_chunk(state, user_order, train_key, matrix, side) -> (state, metrics)`.
+
+    `user_order` is [n_steps, batch] training-row indices (-1 pads); the call scans over its rows, one update per
+    row, inside a single jit with the state donated. Returns per-update metrics stacked along the first axis.
+    """
+    config: ModelConfig = model.config
+
+    def one_update(state: TrainState, rows: jax.Array, train_key, matrix: DeviceCSR, side):
+        x = densify(matrix, rows, model.n_items, max_nnz)
+        batch_side = None if side is None else side[jnp.maximum(rows, 0)]
+        betas = beta_per_level(train, config, state.step, anneal_steps)
+        key = jax.random.fold_in(train_key, state.step)
+        grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
+        (_, metrics), grads = grad_fn(
+            state.params, model, train, x, batch_side, (rows >= 0).astype(jnp.float32), betas, key=key
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, beta=betas[0] if betas.shape[0] else jnp.zeros(()))
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def update_chunk(state, user_order, train_key, matrix, side):
+        return jax.lax.scan(lambda s, rows: one_update(s, rows, train_key, matrix, side), state, user_order)
+
+    return update_chunk
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit` hands back: the best parameters and the loop's record."""
+
+    model: nn.Module
+    best_params: Any
+    final_params: Any
+    history: list[dict]
+    best_epoch: int
+    best_validation: dict | None
+    epochs_run: int
+    train_seconds: float
+    compile_seconds: float
+    users_per_second: float
+    resumed_from: int | None
+
+
+def _record_row(path: pathlib.Path, row: dict) -> None:
+    with path.open("a") as log:
+        log.write(json.dumps(row) + "\n")
+
+
+def fit(
+    model_config: ModelConfig,
+    train: TrainConfig,
+    split: Split,
+    workdir: str | pathlib.Path,
+    *,
+    side_features: dict[str, np.ndarray] | None = None,
+    ks: tuple[int, ...] = DEFAULT_KS,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+    log: Callable[[str], None] = print,
+) -> FitResult:
+    """Trains a neural model on `split.train`, validating on `split.valid` after every `eval_every` epochs.
+
+    Resumes from `workdir/checkpoints/latest` when it exists. Writes `workdir/metrics.jsonl`, one JSON line per
+    epoch (loss, nll, KL per level, beta, validation metrics, seconds).
+
+    Args:
+      side_features: optional {"train": [n_train, F], "valid": [n_valid, F], "test": [n_test, F]} aligned with the
+        split's users.
+      stop_after_epochs: end this call after so many epochs (to simulate an interruption); the checkpoint lets a
+        later call continue.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = build_model(model_config, split.n_items)
+    optimizer = optax.adam(train.learning_rate)
+    keys = run_keys(train.seed)
+    side = side_features or {}
+    n_side = 0 if side.get("train") is None else side["train"].shape[1]
+
+    n_train = split.train.shape[0]
+    batch_size = min(train.batch_size, n_train)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    anneal_steps = total_anneal_steps(train, steps_per_epoch)
+    update_chunk = make_update_chunk(
+        model, train, optimizer, max_nnz=max_batch_nnz(split.train, batch_size), anneal_steps=anneal_steps
+    )
+    matrix = to_device(split.train)
+    train_side = None if n_side == 0 else jnp.asarray(side["train"], jnp.float32)
+    eval_step = neural_eval_step(model, ks)
+
+    checkpoints = Checkpoints(workdir)
+    state = create_state(model, optimizer, n_side, key=keys.init)
+    history: list[dict] = []
+    best = {"epoch": 0, "validation": None, "metric": -math.inf, "epochs_without_improvement": 0}
+    start_epoch = 1
+    resumed_from = None
+    metrics_path = workdir / "metrics.jsonl"
+    restored = checkpoints.restore("latest", abstract_like(state))
+    if restored is not None:
+        state, record = restored
+        best = record["best"]
+        history = record["history"]
+        start_epoch = record["epoch"] + 1
+        resumed_from = record["epoch"]
+        log(f"resuming from epoch {record['epoch']} (update {int(state.step)}) in {workdir}")
+    else:
+        metrics_path.write_text("")
+    best_params = state.params
+    if resumed_from is not None and best["validation"] is not None:
+        best_restored = checkpoints.restore("best", abstract_like(state.params))
+        best_params = best_restored[0] if best_restored is not None else state.params
+    best_params = jax.tree.map(jnp.copy, best_params)
+
+    train_seconds = 0.0
+    compile_seconds = 0.0
+    timed_users = 0
+    epochs_done = 0
+    stopped_early = best.get("stopped_early", False)
+    bar = tqdm(
+        total=train.epochs, initial=start_epoch - 1, desc=f"train {model_config.kind}", unit="epoch",
+        disable=not progress, dynamic_ncols=True,
+    )
+    for epoch in range(start_epoch, train.epochs + 1):
+        if stopped_early or (stop_after_epochs is not None and epochs_done >= stop_after_epochs):
+            break
+        epoch_start = time.perf_counter()
+        order = epoch_order(jax.random.fold_in(keys.shuffle, epoch), n_train, batch_size)
+        chunk_metrics = []
+        for chunk_start in range(0, steps_per_epoch, train.steps_per_dispatch):
+            chunk = order[chunk_start : chunk_start + train.steps_per_dispatch]
+            state, metrics = update_chunk(state, chunk, keys.train, matrix, train_side)
+            chunk_metrics.append(metrics)
+        epoch_metrics = jax.tree.map(lambda *m: np.concatenate([np.asarray(a) for a in m]), *chunk_metrics)
+        seconds = time.perf_counter() - epoch_start
+        if epoch == start_epoch:
+            compile_seconds = seconds  # the first epoch of a call includes compilation
+        else:
+            train_seconds += seconds
+            timed_users += n_train
+
+        loss = float(np.mean(epoch_metrics["loss"]))
+        if not np.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss} in epoch {epoch}; lower --learning-rate or check the input data"
+            )
+        row = {
+            "epoch": epoch,
+            "step": int(state.step),
+            "loss": loss,
+            "nll": float(np.mean(epoch_metrics["nll"])),
+            "kl": [float(v) for v in np.mean(epoch_metrics["kl"], axis=0)] if epoch_metrics["kl"].ndim == 2 else [],
+            "beta": float(epoch_metrics["beta"][-1]),
+            "train_seconds": seconds,
+        }
+        if split.valid is not None and (epoch % train.eval_every == 0 or epoch == train.epochs):
+            validation = evaluate(eval_step, state.params, split.valid, side_features=side.get("valid"))
+            row["valid"] = validation
+            if validation[VALIDATION_METRIC] > best["metric"]:
+                best.update(epoch=epoch, validation=validation, metric=validation[VALIDATION_METRIC])
+                best["epochs_without_improvement"] = 0
+                best_params = jax.tree.map(jnp.copy, state.params)
+                checkpoints.save("best", epoch, best_params, {"epoch": epoch, "validation": validation})
+            else:
+                best["epochs_without_improvement"] += train.eval_every
+            if train.early_stopping is not None and best["epochs_without_improvement"] >= train.early_stopping:
+                stopped_early = True
+                best["stopped_early"] = True
+                log(f"early stopping after epoch {epoch}: no validation improvement in {train.early_stopping} epochs")
+        history.append(row)
+        _record_row(metrics_path, row)
+        checkpoints.save("latest", epoch, state, {"epoch": epoch, "best": best, "history": history})
+        epochs_done += 1
+        postfix = {"loss": f"{loss:.2f}", "beta": f"{row['beta']:.3f}"}
+        if "valid" in row:
+            postfix[VALIDATION_METRIC] = f"{row['valid'][VALIDATION_METRIC]:.4f}"
+        bar.set_postfix(postfix)
+        bar.update(1)
+    bar.close()
+    checkpoints.close()
+
+    if split.valid is None or best["validation"] is None:
+        best_params = state.params
+    return FitResult(
+        model=model,
+        best_params=best_params,
+        final_params=state.params,
+        history=history,
+        best_epoch=best["epoch"],
+        best_validation=best["validation"],
+        epochs_run=history[-1]["epoch"] if history else 0,
+        train_seconds=train_seconds,
+        compile_seconds=compile_seconds,
+        # With a single epoch there is no compile-free timing; then the first epoch's time stands in.
+        users_per_second=(timed_users / train_seconds) if train_seconds > 0 else (
+            n_train * epochs_done / compile_seconds if compile_seconds > 0 else 0.0
+        ),
+        resumed_from=resumed_from,
+    )
