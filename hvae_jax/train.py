@@ -57,7 +57,8 @@ def total_anneal_steps(train: TrainConfig, steps_per_epoch: int) -> int:
     """Updates over which beta rises: the configured number, or `anneal_epochs` epochs of updates."""
     if train.total_anneal_steps is not None:
         return train.total_anneal_steps
-    return max(1, train.anneal_epochs * steps_per_epoch)
+    epochs = train.anneal_epochs if train.anneal_epochs is not None else train.epochs
+    return max(1, epochs * steps_per_epoch)
 
 
 def create_state(model: nn.Module, optimizer: optax.GradientTransformation, n_side_features: int, *, key) -> TrainState:

@@ -1,0 +1,347 @@
+"""One experiment from settings to `results.json`: load the data, split it (or reuse the saved split), train or fit
+the chosen model, evaluate it and the popularity yardstick on validation and test users, and write the results.
+
+The CLI only parses flags into `RunSettings` and calls `run` / `evaluate_workdir`; scripts can do the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hvae_jax.checkpoint import Checkpoints, abstract_like
+from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.data import splits as splits_lib
+from hvae_jax.data.interactions import Interactions
+from hvae_jax.data.splits import Split
+from hvae_jax.evaluate import (
+    DEFAULT_KS,
+    active_units,
+    evaluate,
+    make_eval_step,
+    neural_eval_step,
+    posterior_means,
+)
+from hvae_jax.models import baselines
+from hvae_jax.models.hvae import build_model, init_params, kl_estimators
+
+EASE_LAMBDAS = (50.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Where the data comes from and how it is split; the model and training configs travel beside it.
+
+    Attributes:
+      data: None for the built-in synthetic data set, a registered data set name (see `hvae data list`), or a path.
+      format: reader format, None to detect it.
+      min_rating: keep ratings strictly above it; None keeps every row (a named data set applies its default).
+      protocol: "strong" or "given".
+      heldout_users: validation and test users each (strong protocol); None: 10% of users, at most 10,000.
+      train_file, valid_file, test_file: the given protocol's files.
+      user_features: optional path of per-user side features.
+      split_seed: seed of the strong split's permutation and held-out draws (Liang et al.: 98765).
+      workdir: where everything is written.
+      ks: metric cut-offs.
+    """
+
+    data: str | None = None
+    format: str | None = None
+    min_rating: float | None = None
+    protocol: str = "strong"
+    heldout_users: int | None = None
+    train_file: str | None = None
+    valid_file: str | None = None
+    test_file: str | None = None
+    user_features: str | None = None
+    split_seed: int = 98765
+    workdir: str = "runs/default"
+    ks: tuple[int, ...] = DEFAULT_KS
+    iw_samples: int = 0
+
+
+def _read(path: str, settings: RunSettings) -> Interactions:
+    from hvae_jax.data.readers import read_interactions
+
+    return read_interactions(path, settings.format, min_rating=settings.min_rating)
+
+
+def resolve_data(settings: RunSettings) -> tuple[str, Callable[[], Interactions], dict]:
+    """(dataset label, loader, extra paths such as titles and user features) for the settings' data."""
+    if settings.protocol == "given":
+        return pathlib.Path(settings.train_file).parent.name or "given", None, {}
+    if settings.data is None or settings.data == "synthetic":
+        from hvae_jax.data.synthetic import synthetic_interactions
+
+        return "synthetic", synthetic_interactions, {}
+    from hvae_jax.data import sources
+
+    if settings.data in sources.DATASETS:
+        try:
+            paths = sources.dataset_paths(settings.data)
+        except sources.NotFetchedError:
+            sources.fetch(settings.data)
+            paths = sources.dataset_paths(settings.data)
+        from hvae_jax.data.readers import read_interactions
+
+        min_rating = settings.min_rating if settings.min_rating is not None else paths.get("default_min_rating")
+        loader = lambda: read_interactions(paths["interactions"], paths["format"], min_rating=min_rating)  # noqa: E731
+        return settings.data, loader, {"titles": paths.get("titles"), "user_features": paths.get("user_features")}
+    path = pathlib.Path(settings.data)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--data {settings.data!r} is neither a registered data set ({', '.join(sources.DATASETS)}) nor an "
+            "existing path"
+        )
+    return path.name if path.is_dir() else path.stem, lambda: _read(str(path), settings), {}
+
+
+def load_split(settings: RunSettings, log: Callable[[str], None] = print) -> tuple[Split, str]:
+    """The split for `settings`, reused from `workdir` when it was made with the same settings."""
+    key = splits_lib.fingerprint(
+        data=settings.data, format=settings.format, min_rating=settings.min_rating, protocol=settings.protocol,
+        heldout_users=settings.heldout_users, train=settings.train_file, valid=settings.valid_file,
+        test=settings.test_file, seed=settings.split_seed,
+    )
+    directory = pathlib.Path(settings.workdir)
+    label, loader, _ = resolve_data(settings)
+    split = splits_lib.load_split(directory, key)
+    if split is not None:
+        log(f"reusing the split saved in {directory / 'split.npz'}")
+        return split, label
+    if settings.protocol == "given":
+        if not settings.train_file or not settings.test_file:
+            raise ValueError("--protocol given needs --train and --test files (and optionally --valid)")
+        split = splits_lib.given_split(
+            _read(settings.train_file, settings),
+            _read(settings.test_file, settings),
+            _read(settings.valid_file, settings) if settings.valid_file else None,
+        )
+    elif settings.protocol == "strong":
+        interactions = loader()
+        n_heldout = settings.heldout_users or min(10_000, max(1, interactions.n_users // 10))
+        split = splits_lib.strong_generalization(interactions, n_heldout_users=n_heldout, seed=settings.split_seed)
+    else:
+        raise ValueError(f"unknown protocol {settings.protocol!r}; expected 'strong' or 'given'")
+    for note in split.notes:
+        log(f"note: {note}")
+    splits_lib.save_split(split, directory, key)
+    return split, label
+
+
+def load_side_features(settings: RunSettings, split: Split) -> dict[str, np.ndarray] | None:
+    """Side features aligned with the train / valid / test users, or None without `--user-features`."""
+    if not settings.user_features:
+        return None
+    from hvae_jax.data.features import read_user_features
+
+    parts = {"train": split.train_user_ids, "test": split.test.user_ids}
+    if split.valid is not None:
+        parts["valid"] = split.valid.user_ids
+    return {
+        name: np.asarray(read_user_features(settings.user_features, user_ids).values, np.float32)
+        for name, user_ids in parts.items()
+    }
+
+
+def _evaluate_both(eval_step, state, split: Split, side) -> dict:
+    side = side or {}
+    results = {"test": evaluate(eval_step, state, split.test, side_features=side.get("test"))}
+    if split.valid is not None:
+        results["valid"] = evaluate(eval_step, state, split.valid, side_features=side.get("valid"))
+    return results
+
+
+def popularity_results(split: Split) -> dict:
+    """Popularity's validation and test metrics: the yardstick every table shows."""
+    popularity = jnp.asarray(baselines.fit_popularity(split.train))
+    step = make_eval_step(lambda pop, fold_in, side: baselines.popularity_scores(pop, fold_in), DEFAULT_KS)
+    return _evaluate_both(step, popularity, split, None)
+
+
+def ease_results(split: Split, lambdas=EASE_LAMBDAS, log: Callable[[str], None] = print) -> tuple[dict, float]:
+    """EASE with its L2 weight chosen on validation NDCG@100 (test metrics of the chosen weight only)."""
+    step = make_eval_step(lambda weights, fold_in, side: baselines.ease_scores(weights, fold_in), DEFAULT_KS)
+    if split.valid is None:
+        lambdas = (lambdas[len(lambdas) // 2],)
+        log(f"no validation users: EASE uses lambda {lambdas[0]} without selection")
+    best = (-1.0, None, None)
+    for l2 in lambdas:
+        weights = jnp.asarray(baselines.fit_ease(split.train, l2))
+        if split.valid is None:
+            best = (0.0, l2, weights)
+            break
+        score = evaluate(step, weights, split.valid)["ndcg@100"]
+        log(f"EASE lambda {l2:g}: validation ndcg@100 {score:.4f}")
+        if score > best[0]:
+            best = (score, l2, weights)
+    _, l2, weights = best
+    return _evaluate_both(step, weights, split, None), l2
+
+
+def _latent_diagnostics(model, params, split: Split, side) -> dict:
+    eval_set = split.valid if split.valid is not None else split.test
+    side_rows = None if side is None else side.get("valid" if split.valid is not None else "test")
+    level_means = posterior_means(model, params, eval_set, side_rows)
+    return {"active_units_per_level": [active_units(m) for m in level_means]}
+
+
+def importance_weighted_loglik(model, params, split: Split, side, n_samples: int, seed: int) -> dict:
+    """Mean importance-weighted bound and ELBO of the test users' full histories (fold-in + held-out)."""
+    from hvae_jax.data.batches import host_dense_rows
+    from hvae_jax.objectives import importance_weighted_bound
+
+    full = (split.test.fold_in + split.test.heldout).tocsr()
+    test_side = None if side is None else side.get("test")
+
+    @jax.jit
+    def bounds(x, side_rows, key):
+        keys = jax.random.split(key, x.shape[0])
+        return jax.vmap(
+            lambda x_u, s_u, k: importance_weighted_bound(model, params, x_u, s_u, n_samples, key=k),
+            in_axes=(0, None if side_rows is None else 0, 0),
+        )(x, side_rows, keys)
+
+    iw_total, elbo_total, n = 0.0, 0.0, 0
+    key = jax.random.key(seed)
+    for start in range(0, full.shape[0], 500):
+        x, real = host_dense_rows(full, start, 500)
+        side_rows = None if test_side is None else np.zeros((500, test_side.shape[1]), np.float32)
+        if side_rows is not None:
+            chunk = test_side[start : start + 500]
+            side_rows[: len(chunk)] = chunk
+        iw, elbo = bounds(x, side_rows, jax.random.fold_in(key, start))
+        iw_total += float(np.sum(np.asarray(iw)[real]))
+        elbo_total += float(np.sum(np.asarray(elbo)[real]))
+        n += int(real.sum())
+    return {"samples": n_samples, "iw_bound": iw_total / n, "elbo": elbo_total / n, "users": n}
+
+
+def run(
+    settings: RunSettings,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Trains / fits the model, evaluates it and popularity, writes `workdir/results.json` and returns it."""
+    workdir = pathlib.Path(settings.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    split, label = load_split(settings, log)
+    side = load_side_features(settings, split)
+    stats = split.statistics()
+    log(
+        f"{label}: {stats['train']['users']} training users, {stats['n_items']} items, "
+        f"{stats['train']['interactions']} training interactions"
+    )
+    (workdir / "config.json").write_text(
+        json.dumps(
+            {
+                "settings": dataclasses.asdict(settings),
+                "model": dataclasses.asdict(model_config),
+                "train": dataclasses.asdict(train_config),
+            },
+            indent=2,
+        )
+    )
+    results: dict = {
+        "model": model_config.kind if model_config.kind != "vae" or model_config.n_levels > 1 else "multvae",
+        "dataset": label,
+        "protocol": split.protocol,
+        "n_users": int(split.train.shape[0] + (split.valid.n_users if split.valid else 0) + split.test.n_users),
+        "n_items": int(split.n_items),
+        "split": stats,
+    }
+    if model_config.kind == "vae" and model_config.n_levels > 1:
+        results["model"] = "hvae"
+    elif model_config.kind == "dae":
+        results["model"] = "multdae"
+    start = time.perf_counter()
+    if model_config.kind in ("vae", "dae"):
+        from hvae_jax.train import fit
+
+        fitted = fit(model_config, train_config, split, workdir, side_features=side, ks=settings.ks, progress=progress,
+                     log=log)
+        results.update(_evaluate_both(neural_eval_step(fitted.model, settings.ks), fitted.best_params, split, side))
+        results.update(
+            epochs=fitted.epochs_run,
+            best_epoch=fitted.best_epoch,
+            train_seconds=fitted.train_seconds + fitted.compile_seconds,
+            compile_seconds=fitted.compile_seconds,
+            train_users_per_second=fitted.users_per_second,
+        )
+        if model_config.kind == "vae":
+            last = fitted.history[-1] if fitted.history else {}
+            results["kl_per_level"] = last.get("kl", [])
+            results["kl_estimator_per_level"] = list(kl_estimators(model_config))
+            results.update(_latent_diagnostics(fitted.model, fitted.best_params, split, side))
+            if settings.iw_samples:
+                results["importance_weighted"] = importance_weighted_loglik(
+                    fitted.model, fitted.best_params, split, side, settings.iw_samples, train_config.seed
+                )
+    elif model_config.kind == "ease":
+        evaluated, l2 = ease_results(split, log=log)
+        results.update(evaluated, ease_lambda=l2, epochs=0)
+    elif model_config.kind == "popularity":
+        results.update(popularity_results(split), epochs=0)
+    if model_config.kind not in ("vae", "dae"):
+        seconds = time.perf_counter() - start
+        results.update(train_seconds=seconds, compile_seconds=0.0,
+                       train_users_per_second=split.train.shape[0] / seconds if seconds > 0 else 0.0)
+    if model_config.kind != "popularity":
+        results["baselines"] = {"popularity": popularity_results(split)}
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def evaluate_workdir(workdir: str | pathlib.Path, *, log: Callable[[str], None] = print) -> dict:
+    """Re-evaluates the best checkpoint of a finished (or interrupted) neural run and rewrites its results.json."""
+    workdir = pathlib.Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: is {workdir} the --workdir of an `hvae train` run?")
+    config = json.loads(config_path.read_text())
+    settings = RunSettings(**{**config["settings"], "ks": tuple(config["settings"]["ks"])})
+    model_config = model_config_from_dict(config["model"])
+    split = splits_lib.load_split(workdir)
+    if split is None:
+        raise FileNotFoundError(f"no saved split in {workdir}")
+    previous = json.loads((workdir / "results.json").read_text()) if (workdir / "results.json").exists() else {}
+    if model_config.kind not in ("vae", "dae"):
+        train_config = TrainConfig(**_tuples(config["train"]))
+        return run(settings, model_config, train_config, progress=False, log=log)
+    side = load_side_features(settings, split)
+    model = build_model(model_config, split.n_items)
+    n_side = 0 if side is None else side["train"].shape[1]
+    abstract = abstract_like(jax.eval_shape(lambda: init_params(model, n_side, key=jax.random.key(0))))
+    checkpoints = Checkpoints(workdir)
+    restored = checkpoints.restore("best", abstract)
+    if restored is None:
+        log("no best checkpoint (no validation users?): evaluating the latest parameters")
+        latest = checkpoints.restore("latest", None)
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+        params = latest[0]["params"]
+    else:
+        params = restored[0]
+    checkpoints.close()
+    results = dict(previous)
+    results.update(_evaluate_both(neural_eval_step(model, settings.ks), params, split, side))
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _tuples(fields: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+
+
+def model_config_from_dict(fields: dict) -> ModelConfig:
+    return ModelConfig(**_tuples(fields))
