@@ -28,6 +28,8 @@ class ModelConfig:
       input_dropout: dropout rate on the normalised input during training (0.5 in Liang et al.).
       logvar_clip: (low, high) clip of every log-variance, or None (Kim & Suh clip to [-12, 4]).
       dae_latent: code width of Mult-DAE.
+      compute_dtype: dtype of the matrix multiplications; "bfloat16" keeps float32 parameters, log-variances,
+        log-softmax and loss (mixed precision).
     """
 
     kind: Literal["vae", "dae", "ease", "popularity"] = "vae"
@@ -41,6 +43,7 @@ class ModelConfig:
     input_dropout: float = 0.5
     logvar_clip: tuple[float, float] | None = None
     dae_latent: int = 200
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self):
         if self.kind not in ("vae", "dae", "ease", "popularity"):
@@ -53,6 +56,8 @@ class ModelConfig:
             raise ValueError(f"prior must be 'standard' or 'vamp', got {self.prior!r}")
         if self.likelihood not in ("multinomial", "bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be multinomial, bernoulli or gaussian, got {self.likelihood!r}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
         if not 0.0 <= self.input_dropout < 1.0:
             raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
 

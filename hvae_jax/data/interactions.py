@@ -85,12 +85,19 @@ def from_raw_ids(
       source: where the data came from, kept for reports.
       notes: remarks on skipped rows to carry along.
     """
-    raw_users = np.asarray(raw_users).astype(str)
-    raw_items = np.asarray(raw_items).astype(str)
+    raw_users = np.asarray(raw_users)
+    raw_items = np.asarray(raw_items)
+    # Integer ids are indexed as integers (fast on 20M rows); only the unique ids become strings.
+    if raw_users.dtype.kind not in "iu":
+        raw_users = raw_users.astype(str)
+    if raw_items.dtype.kind not in "iu":
+        raw_items = raw_items.astype(str)
     if raw_users.shape != raw_items.shape or raw_users.ndim != 1:
         raise ValueError(f"raw_users {raw_users.shape} and raw_items {raw_items.shape} must be 1-D and equally long")
     user_index, user_ids = _index_in_order_of_appearance(raw_users)
     item_index, item_ids = _index_in_order_of_appearance(raw_items)
+    user_ids = user_ids.astype(str)
+    item_ids = item_ids.astype(str)
     pair_key = user_index * max(len(item_ids), 1) + item_index
     unique_keys, counts = np.unique(pair_key, return_counts=True)
     n_items = max(len(item_ids), 1)

@@ -13,6 +13,7 @@ deterministic function of (params, x, side, noise) and can be checked against ot
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -89,18 +90,20 @@ class HierarchicalVAE(nn.Module):
     def setup(self):
         c = self.config
         n_levels = c.n_levels
-        self.input_layer = Hidden(c.hidden, c.gated)
+        hidden = functools.partial(Hidden, c.hidden, c.gated, dtype=c.compute_dtype)
+        head = functools.partial(dense, dtype=c.compute_dtype)
+        self.input_layer = hidden()
         if c.inference == "bottom_up":
             # q(z_l | x, z_{l+1}) for every level but the top.
-            self.posterior_hidden = [Hidden(c.hidden, c.gated) for _ in range(n_levels - 1)]
+            self.posterior_hidden = [hidden() for _ in range(n_levels - 1)]
         else:
             # The ladder's deterministic bottom-up path d_2..d_L.
-            self.upward = [Hidden(c.hidden, c.gated) for _ in range(n_levels - 1)]
-        self.posterior_heads = [dense(2 * d) for d in c.latents]
-        self.prior_hidden = [Hidden(c.hidden, c.gated) for _ in range(n_levels - 1)]
-        self.prior_heads = [dense(2 * d) for d in c.latents[:-1]]
-        self.decoder_hidden = Hidden(c.hidden, c.gated)
-        self.decoder_output = dense(self.n_items)
+            self.upward = [hidden() for _ in range(n_levels - 1)]
+        self.posterior_heads = [head(2 * d) for d in c.latents]
+        self.prior_hidden = [hidden() for _ in range(n_levels - 1)]
+        self.prior_heads = [head(2 * d) for d in c.latents[:-1]]
+        self.decoder_hidden = hidden()
+        self.decoder_output = head(self.n_items)
         if c.prior == "vamp":
             # Hard-tanh-to-[0, 1] parameterisation of Tomczak & Welling; start inside the linear region.
             self.pseudo_inputs = self.param(
@@ -110,7 +113,8 @@ class HierarchicalVAE(nn.Module):
             )
 
     def _split_head(self, head_output: jax.Array) -> tuple[jax.Array, jax.Array]:
-        mean, logvar = jnp.split(head_output, 2, axis=-1)
+        # Means and log-variances stay float32 under mixed precision: the KL and sampling need the range.
+        mean, logvar = jnp.split(head_output.astype(jnp.float32), 2, axis=-1)
         if self.config.logvar_clip is not None:
             logvar = jnp.clip(logvar, *self.config.logvar_clip)
         return mean, logvar
@@ -197,10 +201,11 @@ class MultDAE(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, side: jax.Array | None = None, noise: Noise | None = None) -> Output:
         keep_mask = None if noise is None else noise.keep_mask
-        code = Hidden(self.config.dae_latent, self.config.gated, name="encoder")(
+        dtype = self.config.compute_dtype
+        code = Hidden(self.config.dae_latent, self.config.gated, name="encoder", dtype=dtype)(
             normalize_input(x, keep_mask, self.config.input_dropout), side
         )
-        logits = dense(self.n_items, name="decoder_output")(code)
+        logits = dense(self.n_items, name="decoder_output", dtype=dtype)(code)
         empty = jnp.zeros((0,), logits.dtype)
         return Output(logits, empty, empty, empty, ())
 
