@@ -50,6 +50,9 @@ class RunSettings:
       split_seed: seed of the strong split's permutation and held-out draws (Liang et al.: 98765).
       workdir: where everything is written.
       ks: metric cut-offs.
+      iw_samples: report the importance-weighted bound with this many samples (0: not at all).
+      devices: train data-parallel over this many devices; 0 means every device JAX sees.
+      distributed: join a multi-host run first (`parallel.initialize_distributed`).
     """
 
     data: str | None = None
@@ -65,6 +68,8 @@ class RunSettings:
     workdir: str = "runs/default"
     ks: tuple[int, ...] = DEFAULT_KS
     iw_samples: int = 0
+    devices: int = 1
+    distributed: bool = False
 
 
 def _read(path: str, settings: RunSettings) -> Interactions:
@@ -266,10 +271,17 @@ def run(
         results["model"] = "multdae"
     start = time.perf_counter()
     if model_config.kind in ("vae", "dae"):
+        from hvae_jax import parallel
         from hvae_jax.train import fit
 
+        if settings.distributed:
+            parallel.initialize_distributed()
+        mesh = None
+        if settings.devices != 1:
+            mesh = parallel.data_parallel_mesh(None if settings.devices == 0 else settings.devices)
+            log(f"data-parallel over {mesh.devices.size} devices")
         fitted = fit(model_config, train_config, split, workdir, side_features=side, ks=settings.ks, progress=progress,
-                     log=log)
+                     mesh=mesh, log=log)
         results.update(_evaluate_both(neural_eval_step(fitted.model, settings.ks), fitted.best_params, split, side))
         results.update(
             epochs=fitted.epochs_run,

@@ -23,6 +23,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jax.sharding import Mesh
+
+from hvae_jax import parallel
 from hvae_jax.checkpoint import Checkpoints, abstract_like
 from hvae_jax.configs import ModelConfig, TrainConfig
 from hvae_jax.data.batches import DeviceCSR, densify, epoch_order, max_batch_nnz, to_device
@@ -66,23 +69,26 @@ def create_state(model: nn.Module, optimizer: optax.GradientTransformation, n_si
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
-def make_update_chunk(
+def make_update(
     model: nn.Module,
     train: TrainConfig,
     optimizer: optax.GradientTransformation,
     *,
     max_nnz: int,
     anneal_steps: int,
+    mesh: Mesh | None = None,
 ) -> Callable:
-    """Builds `update_chunk(state, user_order, train_key, matrix, side) -> (state, metrics)`.
+    """Builds one update, `update(state, rows, train_key, matrix, side) -> (state, metrics)`, un-jitted.
 
-    `user_order` is [n_steps, batch] training-row indices (-1 pads); the call scans over its rows, one update per
-    row, inside a single jit with the state donated. Returns per-update metrics stacked along the first axis.
+    The batch `rows` ([batch] training-row indices, -1 pads) is densified on the device; with a `mesh` the dense
+    batch is sharded over its devices and XLA reduces the gradient across them.
     """
     config: ModelConfig = model.config
 
-    def one_update(state: TrainState, rows: jax.Array, train_key, matrix: DeviceCSR, side):
+    def update(state: TrainState, rows: jax.Array, train_key, matrix: DeviceCSR, side):
         x = densify(matrix, rows, model.n_items, max_nnz)
+        if mesh is not None:
+            x = jax.lax.with_sharding_constraint(x, parallel.batch_matrix(mesh))
         batch_side = None if side is None else side[jnp.maximum(rows, 0)]
         betas = beta_per_level(train, config, state.step, anneal_steps)
         key = jax.random.fold_in(train_key, state.step)
@@ -95,9 +101,21 @@ def make_update_chunk(
         metrics = dict(metrics, beta=betas[0] if betas.shape[0] else jnp.zeros(()))
         return TrainState(state.step + 1, params, opt_state), metrics
 
+    return update
+
+
+def make_update_chunk(model: nn.Module, train: TrainConfig, optimizer: optax.GradientTransformation, **kwargs):
+    """Builds `update_chunk(state, user_order, train_key, matrix, side) -> (state, metrics)`.
+
+    `user_order` is [n_steps, batch] training-row indices (-1 pads); the call scans over its rows, one update per
+    row, inside a single jit with the state donated. Returns per-update metrics stacked along the first axis.
+    Keyword arguments go to `make_update`.
+    """
+    update = make_update(model, train, optimizer, **kwargs)
+
     @functools.partial(jax.jit, donate_argnums=(0,))
     def update_chunk(state, user_order, train_key, matrix, side):
-        return jax.lax.scan(lambda s, rows: one_update(s, rows, train_key, matrix, side), state, user_order)
+        return jax.lax.scan(lambda s, rows: update(s, rows, train_key, matrix, side), state, user_order)
 
     return update_chunk
 
@@ -134,6 +152,7 @@ def fit(
     ks: tuple[int, ...] = DEFAULT_KS,
     progress: bool = True,
     stop_after_epochs: int | None = None,
+    mesh: Mesh | None = None,
     log: Callable[[str], None] = print,
 ) -> FitResult:
     """Trains a neural model on `split.train`, validating on `split.valid` after every `eval_every` epochs.
@@ -146,6 +165,7 @@ def fit(
         split's users.
       stop_after_epochs: end this call after so many epochs (to simulate an interruption); the checkpoint lets a
         later call continue.
+      mesh: train data-parallel over this mesh's devices (`parallel.data_parallel_mesh()`); None: one device.
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -160,10 +180,13 @@ def fit(
     steps_per_epoch = math.ceil(n_train / batch_size)
     anneal_steps = total_anneal_steps(train, steps_per_epoch)
     update_chunk = make_update_chunk(
-        model, train, optimizer, max_nnz=max_batch_nnz(split.train, batch_size), anneal_steps=anneal_steps
+        model, train, optimizer, max_nnz=max_batch_nnz(split.train, batch_size), anneal_steps=anneal_steps, mesh=mesh
     )
     matrix = to_device(split.train)
     train_side = None if n_side == 0 else jnp.asarray(side["train"], jnp.float32)
+    if mesh is not None:
+        parallel.check_batch_size(batch_size, mesh)
+        matrix, train_side = jax.device_put((matrix, train_side), parallel.replicated(mesh))
     eval_step = neural_eval_step(model, ks)
 
     checkpoints = Checkpoints(workdir)
@@ -183,6 +206,8 @@ def fit(
         log(f"resuming from epoch {record['epoch']} (update {int(state.step)}) in {workdir}")
     else:
         metrics_path.write_text("")
+    if mesh is not None:
+        state = jax.device_put(state, parallel.replicated(mesh))
     best_params = state.params
     if resumed_from is not None and best["validation"] is not None:
         best_restored = checkpoints.restore("best", abstract_like(state.params))
@@ -206,6 +231,8 @@ def fit(
         chunk_metrics = []
         for chunk_start in range(0, steps_per_epoch, train.steps_per_dispatch):
             chunk = order[chunk_start : chunk_start + train.steps_per_dispatch]
+            if mesh is not None:
+                chunk = jax.device_put(chunk, parallel.batch_rows(mesh))
             state, metrics = update_chunk(state, chunk, keys.train, matrix, train_side)
             chunk_metrics.append(metrics)
         epoch_metrics = jax.tree.map(lambda *m: np.concatenate([np.asarray(a) for a in m]), *chunk_metrics)
@@ -273,4 +300,84 @@ def fit(
             n_train * epochs_done / compile_seconds if compile_seconds > 0 else 0.0
         ),
         resumed_from=resumed_from,
+    )
+
+
+@dataclasses.dataclass
+class EnsembleResult:
+    """Members' final parameters (one pytree per seed) and the ensemble's training throughput."""
+
+    model: nn.Module
+    params: list
+    seeds: tuple[int, ...]
+    train_seconds: float
+    compile_seconds: float
+    users_per_second: float
+
+
+def fit_ensemble(
+    model_config: ModelConfig,
+    train: TrainConfig,
+    split: Split,
+    seeds: tuple[int, ...],
+    *,
+    progress: bool = True,
+) -> EnsembleResult:
+    """Trains one model per seed in a single program: the update is vmapped over stacked states.
+
+    Member m draws exactly the keys `fit` draws with `seed=seeds[m]` (init, per-update noise, per-epoch shuffle), so
+    its parameters equal training it alone, up to float reassociation in the batched matmuls. No validation,
+    checkpoints or side features here: evaluate the returned members with `evaluate.evaluate`.
+    """
+    model = build_model(model_config, split.n_items)
+    optimizer = optax.adam(train.learning_rate)
+    n_train = split.train.shape[0]
+    batch_size = min(train.batch_size, n_train)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    update = make_update(
+        model, train, optimizer, max_nnz=max_batch_nnz(split.train, batch_size),
+        anneal_steps=total_anneal_steps(train, steps_per_epoch),
+    )
+    member_keys = [run_keys(seed) for seed in seeds]
+    states = [create_state(model, optimizer, 0, key=keys.init) for keys in member_keys]
+    states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    train_keys = jnp.stack([keys.train for keys in member_keys])
+    shuffle_keys = jnp.stack([keys.shuffle for keys in member_keys])
+    matrix = to_device(split.train)
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def ensemble_chunk(states, member_orders, train_keys, matrix):
+        # member_orders: [n_members, n_steps, batch] -> scan over steps, vmap over members.
+        members_update = jax.vmap(lambda s, rows, key: update(s, rows, key, matrix, None))
+        return jax.lax.scan(
+            lambda s, rows: members_update(s, rows, train_keys), states, jnp.swapaxes(member_orders, 0, 1)
+        )
+
+    orders_for = jax.jit(
+        jax.vmap(lambda key, epoch: epoch_order(jax.random.fold_in(key, epoch), n_train, batch_size),
+                 in_axes=(0, None))
+    )
+    train_seconds = compile_seconds = 0.0
+    for epoch in tqdm(range(1, train.epochs + 1), desc=f"ensemble x{len(seeds)}", disable=not progress):
+        start = time.perf_counter()
+        orders = orders_for(shuffle_keys, epoch)
+        for chunk_start in range(0, steps_per_epoch, train.steps_per_dispatch):
+            states, _ = ensemble_chunk(states, orders[:, chunk_start : chunk_start + train.steps_per_dispatch],
+                                       train_keys, matrix)
+        jax.block_until_ready(states)
+        seconds = time.perf_counter() - start
+        if epoch == 1:
+            compile_seconds = seconds
+        else:
+            train_seconds += seconds
+    timed_epochs = train.epochs - 1
+    users = n_train * len(seeds) * (timed_epochs if timed_epochs else 1)
+    params = [jax.tree.map(lambda leaf: leaf[m], states.params) for m in range(len(seeds))]
+    return EnsembleResult(
+        model=model,
+        params=params,
+        seeds=tuple(seeds),
+        train_seconds=train_seconds,
+        compile_seconds=compile_seconds,
+        users_per_second=users / (train_seconds if timed_epochs else compile_seconds),
     )

@@ -1,0 +1,91 @@
+"""Data-parallel training over forced host devices and vmapped ensembles equal their one-device, one-model runs."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.data.splits import strong_generalization
+from hvae_jax.data.synthetic import synthetic_interactions
+from hvae_jax.train import fit, fit_ensemble
+
+MODEL = ModelConfig(latents=(8,), hidden=16)
+
+
+@pytest.fixture(autouse=True)
+def _standard_dtype_promotion():
+    # optax's Adam bias correction mixes a Python float with an int32 count (see tests/conftest.py).
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+def _split():
+    return strong_generalization(synthetic_interactions(n_users=500, n_items=100, seed=3), n_heldout_users=50)
+
+
+def _max_difference(a, b) -> float:
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_ensemble_members_equal_training_alone(tmp_path):
+    split = _split()
+    train = TrainConfig(epochs=2, batch_size=64, steps_per_dispatch=3)
+    ensemble = fit_ensemble(MODEL, train, split, (1, 2), progress=False)
+    for seed, member_params in zip((1, 2), ensemble.params):
+        alone = fit(MODEL, TrainConfig(**{**train.__dict__, "seed": seed}), split, tmp_path / f"seed{seed}",
+                    progress=False, log=lambda message: None)
+        assert _max_difference(alone.final_params, member_params) < 1e-6
+    # Different seeds must give different members, or the comparison above proves nothing.
+    assert _max_difference(ensemble.params[0], ensemble.params[1]) > 1e-3
+    assert ensemble.users_per_second > 0
+
+
+DATA_PARALLEL_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    from hvae_jax.configs import ModelConfig, TrainConfig
+    from hvae_jax.data.splits import strong_generalization
+    from hvae_jax.data.synthetic import synthetic_interactions
+    from hvae_jax.parallel import data_parallel_mesh
+    from hvae_jax.train import fit
+    assert len(jax.devices()) == 4, jax.devices()
+    split = strong_generalization(synthetic_interactions(n_users=500, n_items=100, seed=3), n_heldout_users=50)
+    train = TrainConfig(epochs=3, batch_size=64, steps_per_dispatch=3, seed=1)
+    model = ModelConfig(latents=(8,), hidden=16)
+    quiet = lambda message: None
+    one = fit(model, train, split, sys.argv[1] + "/one", progress=False, log=quiet)
+    four = fit(model, train, split, sys.argv[1] + "/four", progress=False, log=quiet, mesh=data_parallel_mesh())
+    leaf = jax.tree.leaves(four.final_params)[0]
+    print(json.dumps({
+        "max_difference": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                              for a, b in zip(jax.tree.leaves(one.final_params), jax.tree.leaves(four.final_params))),
+        "devices_holding_params": len(leaf.sharding.device_set),
+        "losses_one": [row["loss"] for row in one.history],
+        "losses_four": [row["loss"] for row in four.history],
+        "valid_one": one.best_validation["ndcg@100"],
+        "valid_four": four.best_validation["ndcg@100"],
+    }))
+    """
+)
+
+
+def test_data_parallel_on_four_forced_devices_equals_one_device(tmp_path):
+    import json
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    completed = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["devices_holding_params"] == 4
+    assert report["max_difference"] < 1e-5
+    np.testing.assert_allclose(report["losses_one"], report["losses_four"], rtol=1e-5)
+    assert abs(report["valid_one"] - report["valid_four"]) < 1e-4
