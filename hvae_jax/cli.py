@@ -207,6 +207,25 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from hvae_jax.recommend import recommend_cli
+
+    if not args.items and not args.history and not args.export:
+        raise SystemExit("hvae recommend: give --items, --history or --export")
+    print(recommend_cli(args.workdir, args.items, args.history, args.k, export=args.export,
+                        skip_unknown=args.skip_unknown))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from hvae_jax.plots import plot_cli
+
+    if not args.workdir and not args.bench:
+        raise SystemExit("hvae plot: give --workdir DIR or --bench FILE")
+    print(plot_cli(args.workdir, args.bench, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvae", description="Hierarchical VAEs for collaborative filtering in JAX")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -231,6 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = data_commands.add_parser("fetch", help="download, verify and unpack a data set into the cache")
     fetch.add_argument("name")
     data.set_defaults(handler=cmd_data)
+
+    recommend = commands.add_parser("recommend", help="top-K unseen items for users given by raw item ids")
+    recommend.add_argument("--workdir", required=True, help="the --workdir of an `hvae train` run")
+    users = recommend.add_mutually_exclusive_group()
+    users.add_argument("--items", help="comma-separated raw item ids of one user, e.g. 1,2,3")
+    users.add_argument("--history", help="file with one line per user: 'user item item ...'")
+    recommend.add_argument("-k", type=int, default=20, help="items per user (20)")
+    recommend.add_argument("--export", metavar="DIR", help="write item embeddings and users' latent means (.npy)")
+    recommend.add_argument("--skip-unknown", action="store_true", help="skip unknown item ids with a warning")
+    recommend.set_defaults(handler=cmd_recommend)
+
+    plot = commands.add_parser("plot", help="training curves of a run, or a benchmark chart, as PNG files")
+    plot.add_argument("--workdir", help="run whose metrics.jsonl is plotted into WORKDIR/plots/")
+    plot.add_argument("--bench", metavar="FILE", help="benchmark JSON to chart")
+    plot.add_argument("--out", help="PNG path for --bench (default: FILE with .png)")
+    plot.set_defaults(handler=cmd_plot)
     return parser
 
 

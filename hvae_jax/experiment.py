@@ -142,7 +142,10 @@ def load_split(settings: RunSettings, log: Callable[[str], None] = print) -> tup
 
 
 def load_side_features(settings: RunSettings, split: Split) -> dict[str, np.ndarray] | None:
-    """Side features aligned with the train / valid / test users, or None without `--user-features`."""
+    """Side features aligned with the train / valid / test users, or None without `--user-features`.
+
+    Read once for all users together, so standardised columns use one mean and spread across the parts.
+    """
     if not settings.user_features:
         return None
     from hvae_jax.data.features import read_user_features
@@ -150,10 +153,10 @@ def load_side_features(settings: RunSettings, split: Split) -> dict[str, np.ndar
     parts = {"train": split.train_user_ids, "test": split.test.user_ids}
     if split.valid is not None:
         parts["valid"] = split.valid.user_ids
-    return {
-        name: np.asarray(read_user_features(settings.user_features, user_ids).values, np.float32)
-        for name, user_ids in parts.items()
-    }
+    every_user = np.concatenate(list(parts.values()))
+    values = np.asarray(read_user_features(settings.user_features, every_user).values, np.float32)
+    offsets = np.cumsum([0] + [len(ids) for ids in parts.values()])
+    return {name: values[start:stop] for name, start, stop in zip(parts, offsets[:-1], offsets[1:])}
 
 
 def _evaluate_both(eval_step, state, split: Split, side) -> dict:

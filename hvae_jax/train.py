@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import pathlib
 import time
@@ -31,6 +30,7 @@ from hvae_jax.configs import ModelConfig, TrainConfig
 from hvae_jax.data.batches import DeviceCSR, densify, epoch_order, max_batch_nnz, to_device
 from hvae_jax.data.splits import Split
 from hvae_jax.evaluate import DEFAULT_KS, evaluate, neural_eval_step
+from hvae_jax.logs import MetricsLog
 from hvae_jax.models.hvae import build_model, init_params
 from hvae_jax.objectives import batch_loss, beta_per_level
 
@@ -137,11 +137,6 @@ class FitResult:
     resumed_from: int | None
 
 
-def _record_row(path: pathlib.Path, row: dict) -> None:
-    with path.open("a") as log:
-        log.write(json.dumps(row) + "\n")
-
-
 def fit(
     model_config: ModelConfig,
     train: TrainConfig,
@@ -195,7 +190,6 @@ def fit(
     best = {"epoch": 0, "validation": None, "metric": -math.inf, "epochs_without_improvement": 0}
     start_epoch = 1
     resumed_from = None
-    metrics_path = workdir / "metrics.jsonl"
     restored = checkpoints.restore("latest", abstract_like(state))
     if restored is not None:
         state, record = restored
@@ -204,8 +198,7 @@ def fit(
         start_epoch = record["epoch"] + 1
         resumed_from = record["epoch"]
         log(f"resuming from epoch {record['epoch']} (update {int(state.step)}) in {workdir}")
-    else:
-        metrics_path.write_text("")
+    metrics_log = MetricsLog(workdir, resume_epoch=resumed_from)
     if mesh is not None:
         state = jax.device_put(state, parallel.replicated(mesh))
     best_params = state.params
@@ -272,7 +265,7 @@ def fit(
                 best["stopped_early"] = True
                 log(f"early stopping after epoch {epoch}: no validation improvement in {train.early_stopping} epochs")
         history.append(row)
-        _record_row(metrics_path, row)
+        metrics_log.write(row)
         checkpoints.save("latest", epoch, state, {"epoch": epoch, "best": best, "history": history})
         epochs_done += 1
         postfix = {"loss": f"{loss:.2f}", "beta": f"{row['beta']:.3f}"}
@@ -281,6 +274,7 @@ def fit(
         bar.set_postfix(postfix)
         bar.update(1)
     bar.close()
+    metrics_log.close()
     checkpoints.close()
 
     if split.valid is None or best["validation"] is None:
