@@ -84,6 +84,8 @@ TRAIN_FLAGS = (
     Flag("--eval-every", "train", "eval_every", int, "validate every N epochs"),
     Flag("--steps-per-dispatch", "train", "steps_per_dispatch", int, "updates per jitted scan call"),
     Flag("--seed", "train", "seed", int, "seed of initialisation, shuffling and noise"),
+    Flag("--input-path", "train", "input_path", str, "first layer as dense matmul or sparse gather (auto)",
+         ("auto", "dense", "sparse")),
 )
 
 MODEL_NAMES = {

@@ -86,6 +86,10 @@ class TrainConfig:
       eval_every: validate every this many epochs.
       steps_per_dispatch: updates fused into one jitted lax.scan call.
       seed: the run's seed; params, shuffling and noise all derive from it.
+      input_path: "dense" multiplies the dense [batch, n_items] input by the first layer; "sparse" gathers and sums
+        the kernel rows of each user's items (same maths, far fewer FLOPs on large catalogues; the dropout mask is
+        drawn per interaction instead of per item of the catalogue, so the random stream differs); "auto" picks
+        sparse when users hold under 1% of the catalogue on average (ML-20M: 0.4%, ML-1M: 4.5%).
     """
 
     epochs: int = 100
@@ -101,10 +105,13 @@ class TrainConfig:
     eval_every: int = 1
     steps_per_dispatch: int = 64
     seed: int = 98765
+    input_path: Literal["auto", "dense", "sparse"] = "auto"
 
     def __post_init__(self):
         if self.epochs < 0 or self.batch_size <= 0 or self.learning_rate <= 0:
             raise ValueError("epochs must be >= 0, batch_size and learning_rate > 0")
+        if self.input_path not in ("auto", "dense", "sparse"):
+            raise ValueError(f"input_path must be 'auto', 'dense' or 'sparse', got {self.input_path!r}")
         if self.steps_per_dispatch <= 0 or self.eval_every <= 0:
             raise ValueError("steps_per_dispatch and eval_every must be positive")
 

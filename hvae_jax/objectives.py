@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 
 from hvae_jax.configs import ModelConfig, TrainConfig
-from hvae_jax.models.hvae import draw_noise
+from hvae_jax.models import sparse as sparse_layer
+from hvae_jax.models.hvae import draw_noise, first_layer_kernels
+from hvae_jax.models.layers import Projected
 
 
 def log_likelihood(kind: str, logits: jax.Array, x: jax.Array) -> jax.Array:
@@ -39,7 +41,13 @@ class UserTerms(NamedTuple):
 
 
 def user_terms(
-    model: nn.Module, params, x: jax.Array, side: jax.Array | None, *, key: jax.Array | None
+    model: nn.Module,
+    params,
+    x: jax.Array,
+    side: jax.Array | None,
+    *,
+    key: jax.Array | None,
+    input_projection: Projected | None = None,
 ) -> UserTerms:
     """Negative log-likelihood and KL per level for ONE user; `key=None` evaluates (no dropout, z = mean).
 
@@ -47,10 +55,13 @@ def user_terms(
       x: [n_items] the user's interactions.
       side: [n_features] or None.
       key: the user's noise key, or None.
+      input_projection: the sparse path's first-layer products (dropout already applied), or None.
     """
     config: ModelConfig = model.config
-    noise = None if key is None else draw_noise(config, model.n_items, key=key)
-    output = model.apply({"params": params}, x, side, noise)
+    noise = None
+    if key is not None:
+        noise = draw_noise(config, model.n_items, key=key, dropout=input_projection is None)
+    output = model.apply({"params": params}, x, side, noise, input_projection)
     return UserTerms(-log_likelihood(config.likelihood, output.logits, x), output.kl)
 
 
@@ -80,6 +91,7 @@ def batch_loss(
     betas: jax.Array,
     *,
     key: jax.Array,
+    sparse_input: sparse_layer.SparseInput | None = None,
 ) -> tuple[jax.Array, dict]:
     """The batch objective: weighted mean over users of the per-user terms, then beta-weighted KL and weight decay.
 
@@ -90,16 +102,25 @@ def batch_loss(
       user_weights: [batch] 1.0 for real users, 0.0 for padding rows (the last, partial batch of an epoch).
       betas: [L] KL weights.
       key: this step's key; each user gets its own split of it.
+      sparse_input: the batch's normalised, dropped-out input as slots; then the first layer is a gather-and-sum
+        (`models/sparse.py`) instead of a dense matmul, and `x` serves the likelihood only.
 
     Returns:
       (loss, metrics) with metrics "loss", "nll", "kl" ([L] mean KL per level).
     """
     user_keys = jax.random.split(key, x.shape[0])
+    projection = None
+    if sparse_input is not None:
+        kernels = first_layer_kernels(model.config, params)
+        project = lambda kernel: sparse_layer.project(kernel, sparse_input, x.shape[0])  # noqa: E731
+        projection = Projected(project(kernels.linear), None if kernels.gate is None else project(kernels.gate))
     per_user = jax.vmap(
-        lambda x_u, side_u, key_u: user_terms(model, params, x_u, side_u, key=key_u),
-        in_axes=(0, None if side is None else 0, 0),
+        lambda x_u, side_u, key_u, projection_u: user_terms(
+            model, params, x_u, side_u, key=key_u, input_projection=projection_u
+        ),
+        in_axes=(0, None if side is None else 0, 0, 0),
     )
-    terms = per_user(x, side, user_keys)
+    terms = per_user(x, side, user_keys, projection)
     weights = user_weights / jnp.maximum(jnp.sum(user_weights), 1.0)
     nll = jnp.sum(weights * terms.nll)
     kl = jnp.sum(weights[:, None] * terms.kl, axis=0)

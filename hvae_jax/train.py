@@ -27,7 +27,8 @@ from jax.sharding import Mesh
 from hvae_jax import parallel
 from hvae_jax.checkpoint import Checkpoints, abstract_like
 from hvae_jax.configs import ModelConfig, TrainConfig
-from hvae_jax.data.batches import DeviceCSR, densify, epoch_order, max_batch_nnz, to_device
+from hvae_jax.data.batches import BatchSlots, DeviceCSR, batch_slots, epoch_order, max_batch_nnz, to_device
+from hvae_jax.models import sparse as sparse_layer
 from hvae_jax.data.splits import Split
 from hvae_jax.evaluate import DEFAULT_KS, evaluate, neural_eval_step
 from hvae_jax.logs import MetricsLog
@@ -35,6 +36,7 @@ from hvae_jax.models.hvae import build_model, init_params
 from hvae_jax.objectives import batch_loss, beta_per_level
 
 VALIDATION_METRIC = "ndcg@100"
+SPARSE_DROPOUT_STREAM = 0x5D0F
 
 
 class TrainState(NamedTuple):
@@ -69,6 +71,27 @@ def create_state(model: nn.Module, optimizer: optax.GradientTransformation, n_si
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
+SPARSE_BELOW_DENSITY = 0.01
+
+
+def resolve_input_path(train: TrainConfig, matrix) -> str:
+    """"dense" or "sparse" for `train.input_path`, deciding "auto" from the training matrix's density."""
+    if train.input_path != "auto":
+        return train.input_path
+    density = matrix.nnz / max(1, matrix.shape[0] * matrix.shape[1])
+    return "sparse" if density < SPARSE_BELOW_DENSITY else "dense"
+
+
+def sparse_input_from_slots(slots: BatchSlots, dropout_rate: float, *, key: jax.Array) -> sparse_layer.SparseInput:
+    """Liang et al.'s input transform on slots: L2-normalise each row (1 / sqrt(n) for n binary items), then
+    inverted dropout drawn per interaction."""
+    value = slots.is_real.astype(jnp.float32) * jax.lax.rsqrt(jnp.maximum(slots.lengths[slots.row], 1).astype(jnp.float32))
+    if dropout_rate > 0:
+        keep = jax.random.bernoulli(key, 1.0 - dropout_rate, value.shape)
+        value = jnp.where(keep, value / (1.0 - dropout_rate), 0.0)
+    return sparse_layer.SparseInput(slots.row, slots.item, value, slots.n_real)
+
+
 def make_update(
     model: nn.Module,
     train: TrainConfig,
@@ -81,20 +104,31 @@ def make_update(
     """Builds one update, `update(state, rows, train_key, matrix, side) -> (state, metrics)`, un-jitted.
 
     The batch `rows` ([batch] training-row indices, -1 pads) is densified on the device; with a `mesh` the dense
-    batch is sharded over its devices and XLA reduces the gradient across them.
+    batch is sharded over its devices and XLA reduces the gradient across them. `train.input_path` "auto" means
+    "dense" here; `fit` resolves it from the data first (`resolve_input_path`).
     """
     config: ModelConfig = model.config
 
+    n_slots = sparse_layer.padded_slots(max_nnz) if train.input_path == "sparse" else max_nnz
+
     def update(state: TrainState, rows: jax.Array, train_key, matrix: DeviceCSR, side):
-        x = densify(matrix, rows, model.n_items, max_nnz)
+        slots = batch_slots(matrix, rows, n_slots)
+        x = jnp.zeros((rows.shape[0], model.n_items), jnp.float32)
+        x = x.at[slots.row, slots.item].add(slots.is_real.astype(jnp.float32))
         if mesh is not None:
             x = jax.lax.with_sharding_constraint(x, parallel.batch_matrix(mesh))
         batch_side = None if side is None else side[jnp.maximum(rows, 0)]
         betas = beta_per_level(train, config, state.step, anneal_steps)
         key = jax.random.fold_in(train_key, state.step)
+        sparse_input = None
+        if train.input_path == "sparse":
+            # A stream of its own, so the users' keys (and their epsilons) match the dense path's.
+            dropout_key = jax.random.fold_in(key, SPARSE_DROPOUT_STREAM)
+            sparse_input = sparse_input_from_slots(slots, config.input_dropout, key=dropout_key)
         grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
         (_, metrics), grads = grad_fn(
-            state.params, model, train, x, batch_side, (rows >= 0).astype(jnp.float32), betas, key=key
+            state.params, model, train, x, batch_side, (rows >= 0).astype(jnp.float32), betas, key=key,
+            sparse_input=sparse_input,
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -174,6 +208,7 @@ def fit(
     batch_size = min(train.batch_size, n_train)
     steps_per_epoch = math.ceil(n_train / batch_size)
     anneal_steps = total_anneal_steps(train, steps_per_epoch)
+    train = dataclasses.replace(train, input_path=resolve_input_path(train, split.train))
     update_chunk = make_update_chunk(
         model, train, optimizer, max_nnz=max_batch_nnz(split.train, batch_size), anneal_steps=anneal_steps, mesh=mesh
     )
@@ -328,6 +363,7 @@ def fit_ensemble(
     n_train = split.train.shape[0]
     batch_size = min(train.batch_size, n_train)
     steps_per_epoch = math.ceil(n_train / batch_size)
+    train = dataclasses.replace(train, input_path=resolve_input_path(train, split.train))
     update = make_update(
         model, train, optimizer, max_nnz=max_batch_nnz(split.train, batch_size),
         anneal_steps=total_anneal_steps(train, steps_per_epoch),

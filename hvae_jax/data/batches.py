@@ -45,11 +45,37 @@ def epoch_order(key: jax.Array, n_rows: int, batch_size: int) -> jax.Array:
     return jnp.concatenate([order, padding]).reshape(n_steps, batch_size)
 
 
+class BatchSlots(NamedTuple):
+    """A batch's entries as slots: slot s holds item `item[s]` of batch row `row[s]`; slots at or past `n_real`
+    are padding (`is_real` False). `lengths` is [batch], each row's number of items."""
+
+    row: jax.Array
+    item: jax.Array
+    is_real: jax.Array
+    n_real: jax.Array
+    lengths: jax.Array
+
+
+def batch_slots(matrix: DeviceCSR, rows: jax.Array, max_nnz: int) -> BatchSlots:
+    """The entries of `matrix`'s `rows` (-1: an empty padding row) as `max_nnz` slots, real ones first.
+
+    Each slot finds its batch row by a search over the rows' cumulative lengths, then reads its item from `indices`.
+    """
+    is_real_row = rows >= 0
+    safe_rows = jnp.where(is_real_row, rows, 0)
+    starts_in_matrix = matrix.indptr[safe_rows]
+    lengths = jnp.where(is_real_row, matrix.indptr[safe_rows + 1] - starts_in_matrix, 0)
+    ends = jnp.cumsum(lengths)
+    slot = jnp.arange(max_nnz, dtype=jnp.int32)
+    batch_row = jnp.minimum(jnp.searchsorted(ends, slot, side="right"), rows.shape[0] - 1).astype(jnp.int32)
+    is_real = slot < ends[-1]
+    source = starts_in_matrix[batch_row] + slot - (ends[batch_row] - lengths[batch_row])
+    items = matrix.indices[jnp.where(is_real, source, 0)]
+    return BatchSlots(batch_row, items, is_real, ends[-1].astype(jnp.int32), lengths)
+
+
 def densify(matrix: DeviceCSR, rows: jax.Array, n_items: int, max_nnz: int) -> jax.Array:
     """Dense [batch, n_items] 0/1 rows of `matrix`, built on the device; rows equal to -1 give zero rows.
-
-    Each of the `max_nnz` slots finds its batch row with a search over the rows' cumulative lengths, reads its item
-    from `indices`, and is scattered into the output; slots past the batch's real entries add zero.
 
     Args:
       matrix: the device CSR matrix.
@@ -57,18 +83,9 @@ def densify(matrix: DeviceCSR, rows: jax.Array, n_items: int, max_nnz: int) -> j
       n_items: number of columns.
       max_nnz: static bound on the batch's entries (`max_batch_nnz`).
     """
-    is_real = rows >= 0
-    safe_rows = jnp.where(is_real, rows, 0)
-    starts_in_matrix = matrix.indptr[safe_rows]
-    lengths = jnp.where(is_real, matrix.indptr[safe_rows + 1] - starts_in_matrix, 0)
-    ends = jnp.cumsum(lengths)
-    slot = jnp.arange(max_nnz, dtype=jnp.int32)
-    batch_row = jnp.minimum(jnp.searchsorted(ends, slot, side="right"), rows.shape[0] - 1)
-    in_batch = slot < ends[-1]
-    source = starts_in_matrix[batch_row] + slot - (ends[batch_row] - lengths[batch_row])
-    items = matrix.indices[jnp.where(in_batch, source, 0)]
+    slots = batch_slots(matrix, rows, max_nnz)
     dense = jnp.zeros((rows.shape[0], n_items), jnp.float32)
-    return dense.at[batch_row, items].add(in_batch.astype(jnp.float32))
+    return dense.at[slots.row, slots.item].add(slots.is_real.astype(jnp.float32))
 
 
 def host_dense_rows(matrix: sp.csr_matrix, start: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from hvae_jax.configs import ModelConfig
 from hvae_jax.models import gaussian
-from hvae_jax.models.layers import Hidden, dense
+from hvae_jax.models.layers import Hidden, Projected, dense
 
 
 class Noise(NamedTuple):
@@ -142,19 +142,30 @@ class HierarchicalVAE(nn.Module):
         component_log_densities = gaussian.log_normal(z_top[None, :], means, logvars)
         return jax.nn.logsumexp(component_log_densities) - jnp.log(self.config.n_pseudo_inputs)
 
-    def __call__(self, x: jax.Array, side: jax.Array | None = None, noise: Noise | None = None) -> Output:
+    def __call__(
+        self,
+        x: jax.Array,
+        side: jax.Array | None = None,
+        noise: Noise | None = None,
+        input_projection: Projected | None = None,
+    ) -> Output:
         """Forward pass for one user.
 
         Args:
           x: [n_items] the user's interactions (counts or 0/1).
           side: [n_features] side features, or None.
           noise: dropout mask and epsilons; None evaluates (no dropout, z = posterior mean).
+          input_projection: the normalised, dropped-out input already multiplied by the first layer's kernels (the
+            sparse input path); then `x` and `noise.keep_mask` are not used by the encoder.
         """
         c = self.config
         n_levels = c.n_levels
         keep_mask = None if noise is None else noise.keep_mask
         epsilons = (None,) * n_levels if noise is None or noise.epsilons is None else noise.epsilons
-        hidden = self._bottom_up(normalize_input(x, keep_mask, c.input_dropout), side)
+        encoder_input = input_projection
+        if encoder_input is None:
+            encoder_input = normalize_input(x, keep_mask, c.input_dropout)
+        hidden = self._bottom_up(encoder_input, side)
 
         z = [None] * n_levels
         kl = [None] * n_levels
@@ -199,15 +210,28 @@ class MultDAE(nn.Module):
     n_items: int
 
     @nn.compact
-    def __call__(self, x: jax.Array, side: jax.Array | None = None, noise: Noise | None = None) -> Output:
+    def __call__(
+        self,
+        x: jax.Array,
+        side: jax.Array | None = None,
+        noise: Noise | None = None,
+        input_projection: Projected | None = None,
+    ) -> Output:
         keep_mask = None if noise is None else noise.keep_mask
         dtype = self.config.compute_dtype
-        code = Hidden(self.config.dae_latent, self.config.gated, name="encoder", dtype=dtype)(
-            normalize_input(x, keep_mask, self.config.input_dropout), side
-        )
+        encoder_input = input_projection
+        if encoder_input is None:
+            encoder_input = normalize_input(x, keep_mask, self.config.input_dropout)
+        code = Hidden(self.config.dae_latent, self.config.gated, name="encoder", dtype=dtype)(encoder_input, side)
         logits = dense(self.n_items, name="decoder_output", dtype=dtype)(code)
         empty = jnp.zeros((0,), logits.dtype)
         return Output(logits, empty, empty, empty, ())
+
+
+def first_layer_kernels(config: ModelConfig, params) -> Projected:
+    """The kernels that multiply the user's input: [n_items, hidden] each (gate kernel only for gated layers)."""
+    layer = params["input_layer"] if config.kind == "vae" else params["encoder"]
+    return Projected(layer["linear_0"]["kernel"], layer["gate_0"]["kernel"] if config.gated else None)
 
 
 def build_model(config: ModelConfig, n_items: int) -> nn.Module:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -20,11 +20,38 @@ def dense(features: int, name: str | None = None, dtype: str = "float32") -> nn.
     )
 
 
+class Projected(NamedTuple):
+    """An input already multiplied by the kernels of the layer it enters (the sparse first layer computes these
+    outside the model): `linear` = x @ W, `gate` = x @ V for a gated layer, else None. The layer adds its biases."""
+
+    linear: jax.Array
+    gate: jax.Array | None = None
+
+
+class Linear(nn.Module):
+    """y = x W + b with the parameters of `nn.Dense` (`kernel` [in, out], `bias` [out]); with `projected=True` the
+    input is x W already and only the bias is added."""
+
+    features: int
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, projected: bool = False) -> jax.Array:
+        if projected:
+            bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+            return x + bias.reshape((1,) * (x.ndim - 1) + (-1,))
+        kernel = self.param("kernel", weight_init, (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+        dtype = jnp.dtype(self.dtype)
+        y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+        return y + bias.astype(dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+
+
 class Hidden(nn.Module):
     """One hidden layer: tanh(W x + b), or with `gated` the gated linear unit (W x + b) * sigmoid(V x + c).
 
     With `extra` inputs (other levels, side features), each gets its own projection added before the nonlinearity,
-    which equals one matrix acting on the concatenation.
+    which equals one matrix acting on the concatenation. An input given as `Projected` skips its matmuls.
     """
 
     features: int
@@ -33,11 +60,16 @@ class Hidden(nn.Module):
     dtype: str = "float32"
 
     @nn.compact
-    def __call__(self, *inputs: jax.Array | None) -> jax.Array:
+    def __call__(self, *inputs: jax.Array | Projected | None) -> jax.Array:
         # Parameter names follow the argument position, so an absent input never renames the others.
-        present = [(i, x) for i, x in enumerate(inputs) if x is not None]
-        pre = sum(dense(self.features, name=f"linear_{i}", dtype=self.dtype)(x) for i, x in present)
+        pre, gate = [], []
+        for i, x in enumerate(inputs):
+            if x is None:
+                continue
+            projected = isinstance(x, Projected)
+            pre.append(Linear(self.features, self.dtype, name=f"linear_{i}")(x.linear if projected else x, projected))
+            if self.gated:
+                gate.append(Linear(self.features, self.dtype, name=f"gate_{i}")(x.gate if projected else x, projected))
         if not self.gated:
-            return self.activation(pre)
-        gate = sum(dense(self.features, name=f"gate_{i}", dtype=self.dtype)(x) for i, x in present)
-        return pre * jax.nn.sigmoid(gate)
+            return self.activation(sum(pre))
+        return sum(pre) * jax.nn.sigmoid(sum(gate))

@@ -1,0 +1,101 @@
+"""The sparse first layer (gather-and-sum over a user's items) equals the dense matmul path, values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.sparse as sp
+
+from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.data.batches import batch_slots, max_batch_nnz, to_device
+from hvae_jax.models import sparse as sparse_layer
+from hvae_jax.models.hvae import build_model
+from hvae_jax.train import create_state, make_update, resolve_input_path, sparse_input_from_slots
+
+
+@pytest.fixture(autouse=True)
+def _standard_dtype_promotion():
+    # optax's Adam bias correction mixes a Python float with an int32 count (see tests/conftest.py).
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+def _matrix(n_rows=200, n_items=300, density=0.05, seed=1):
+    matrix = sp.random(n_rows, n_items, density=density, random_state=seed, format="csr")
+    matrix.data[:] = 1.0
+    return matrix
+
+
+ROWS = jnp.asarray(list(range(0, 120, 2)) + [-1] * 4, jnp.int32)
+
+
+def test_project_equals_dense_matmul_and_its_gradient():
+    matrix = _matrix()
+    slots = batch_slots(to_device(matrix), ROWS, sparse_layer.padded_slots(max_batch_nnz(matrix, len(ROWS))))
+    values = slots.is_real.astype(jnp.float32) * jax.random.uniform(jax.random.key(0), slots.is_real.shape)
+    sparse_input = sparse_layer.SparseInput(slots.row, slots.item, values, slots.n_real)
+    # The dense input the slots describe, built independently with numpy.
+    dense = np.zeros((len(ROWS), matrix.shape[1]), np.float32)
+    np.add.at(dense, (np.asarray(slots.row), np.asarray(slots.item)), np.asarray(values))
+    kernel = jax.random.normal(jax.random.key(1), (matrix.shape[1], 16))
+    projected = sparse_layer.project(kernel, sparse_input, len(ROWS))
+    np.testing.assert_allclose(projected, dense @ np.asarray(kernel), rtol=1e-5, atol=1e-5)
+    loss_sparse = lambda k: jnp.sum(jnp.sin(sparse_layer.project(k, sparse_input, len(ROWS))))  # noqa: E731
+    loss_dense = lambda k: jnp.sum(jnp.sin(jnp.asarray(dense) @ k))  # noqa: E731
+    np.testing.assert_allclose(jax.jit(jax.grad(loss_sparse))(kernel), jax.grad(loss_dense)(kernel), atol=1e-5)
+
+
+def test_slots_hold_exactly_the_rows_entries():
+    matrix = _matrix()
+    slots = batch_slots(to_device(matrix), ROWS, max_batch_nnz(matrix, len(ROWS)))
+    real = np.asarray(slots.is_real)
+    assert int(slots.n_real) == real.sum() and real[: int(slots.n_real)].all()
+    for batch_row, row in enumerate(np.asarray(ROWS)):
+        items = np.sort(np.asarray(slots.item)[real & (np.asarray(slots.row) == batch_row)])
+        expected = matrix[row].indices if row >= 0 else np.array([], int)
+        np.testing.assert_array_equal(items, np.sort(expected))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(latents=(8,), hidden=16, input_dropout=0.0),
+        ModelConfig(kind="dae", dae_latent=8, input_dropout=0.0),
+        ModelConfig(latents=(8, 4), hidden=16, gated=True, prior="vamp", n_pseudo_inputs=5, input_dropout=0.0),
+    ],
+    ids=["multvae", "multdae", "two_level_vamp_gated"],
+)
+def test_sparse_update_equals_dense_update(config):
+    matrix = _matrix()
+    model = build_model(config, matrix.shape[1])
+    optimizer = optax.adam(1e-3)
+    results = {}
+    for path in ("dense", "sparse"):
+        update = jax.jit(make_update(model, TrainConfig(input_path=path), optimizer,
+                                     max_nnz=max_batch_nnz(matrix, len(ROWS)), anneal_steps=100))
+        state = create_state(model, optimizer, 0, key=jax.random.key(0))._replace(step=jnp.int32(50))
+        results[path] = update(state, ROWS, jax.random.key(1), to_device(matrix), None)
+    (dense_state, dense_metrics), (sparse_state, sparse_metrics) = results["dense"], results["sparse"]
+    np.testing.assert_allclose(dense_metrics["loss"], sparse_metrics["loss"], rtol=1e-5)
+    for dense_leaf, sparse_leaf in zip(jax.tree.leaves(dense_state.params), jax.tree.leaves(sparse_state.params)):
+        np.testing.assert_allclose(dense_leaf, sparse_leaf, atol=1e-6)
+
+
+def test_sparse_dropout_keeps_the_expected_fraction_and_scale():
+    matrix = _matrix(n_rows=400, density=0.2)
+    rows = jnp.arange(400, dtype=jnp.int32)
+    slots = batch_slots(to_device(matrix), rows, max_batch_nnz(matrix, 400))
+    sparse_input = sparse_input_from_slots(slots, 0.5, key=jax.random.key(3))
+    values = np.asarray(sparse_input.value)[np.asarray(slots.is_real)]
+    lengths = np.diff(matrix.indptr)[np.asarray(slots.row)[np.asarray(slots.is_real)]]
+    kept = values > 0
+    assert abs(kept.mean() - 0.5) < 0.02
+    # Normalise then inverted dropout: a kept entry is 1 / sqrt(n) / (1 - rate).
+    np.testing.assert_allclose(values[kept], 2.0 / np.sqrt(lengths[kept]), rtol=1e-6)
+
+
+def test_auto_input_path_follows_density():
+    assert resolve_input_path(TrainConfig(), _matrix(density=0.005)) == "sparse"
+    assert resolve_input_path(TrainConfig(), _matrix(density=0.05)) == "dense"
+    assert resolve_input_path(TrainConfig(input_path="dense"), _matrix(density=0.005)) == "dense"
