@@ -4,6 +4,7 @@ NDCG / Recall with standard errors. Any scorer works: the neural models, EASE an
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hvae_jax import metrics
-from hvae_jax.data.batches import host_dense_rows
+from hvae_jax.data.batches import densify, host_dense_rows, max_batch_nnz, to_device
 from hvae_jax.data.splits import EvalSet
 
 DEFAULT_KS = (10, 20, 50, 100)
@@ -42,17 +43,21 @@ def model_scorer(model: nn.Module, params) -> Scorer:
 
 
 def make_eval_step(score_fn: Callable, ks: Sequence[int]) -> Callable:
-    """One jitted call: scores, exclusion mask, top-K and per-user metrics for a padded batch.
+    """One jitted call: densify a batch of rows on the device, score, exclude, top-K and per-user metrics.
 
     `score_fn(state, fold_in, side)` receives whatever `state` is passed (parameters, EASE weights), so the
     compiled step is reused across epochs instead of being rebuilt around new parameters.
     """
     ks = tuple(ks)
 
-    @jax.jit
-    def eval_step(state, fold_in, exclude, heldout, side, real):
-        scores = score_fn(state, fold_in, side)
-        return metrics.ranking_metrics(scores, heldout, exclude, ks, valid=real)
+    @functools.partial(jax.jit, static_argnames=("n_items", "bounds"))
+    def eval_step(state, rows, fold_in, exclude, heldout, side, *, n_items, bounds):
+        fold_in_rows = densify(fold_in, rows, n_items, bounds[0])
+        exclude_rows = densify(exclude, rows, n_items, bounds[1])
+        heldout_rows = densify(heldout, rows, n_items, bounds[2])
+        side_rows = None if side is None else side[jnp.maximum(rows, 0)]
+        scores = score_fn(state, fold_in_rows, side_rows)
+        return metrics.ranking_metrics(scores, heldout_rows, exclude_rows, ks, valid=rows >= 0)
 
     return eval_step
 
@@ -67,24 +72,33 @@ def evaluate(
 ) -> dict:
     """Ranks every user of `eval_set` and summarises the metrics.
 
+    The set's CSR matrices go to the device once; each batch of row indices (the last padded with -1, so one shape
+    compiles) is densified, scored and ranked there.
+
     Args:
       eval_step: from `make_eval_step`.
       state: what eval_step's scorer needs (model parameters, EASE weights, popularity vector).
       eval_set: fold-in, held-out and exclusion matrices.
       side_features: [n_eval_users, n_features] aligned with `eval_set`'s users, or None.
-      batch_size: users per call; the last batch is padded, so one shape is compiled.
+      batch_size: users per call.
 
     Returns:
       `metrics.summarize` output: each metric's mean and `_se`, `n_users`, `n_users_skipped_no_heldout`.
     """
     batch_size = max(1, min(batch_size, eval_set.n_users))
-    per_batch = []
-    for start in range(0, eval_set.n_users, batch_size):
-        fold_in, real = host_dense_rows(eval_set.fold_in, start, batch_size)
-        exclude, _ = host_dense_rows(eval_set.exclude, start, batch_size)
-        heldout, _ = host_dense_rows(eval_set.heldout, start, batch_size)
-        side = _side_rows(side_features, start, batch_size)
-        per_batch.append(eval_step(state, fold_in, exclude, heldout, side, real))
+    fold_in = to_device(eval_set.fold_in)
+    # In the strong protocol the exclusions are the fold-in items: one copy serves both.
+    exclude = fold_in if eval_set.exclude is eval_set.fold_in else to_device(eval_set.exclude)
+    heldout = to_device(eval_set.heldout)
+    bounds = tuple(max_batch_nnz(m, batch_size) for m in (eval_set.fold_in, eval_set.exclude, eval_set.heldout))
+    side = None if side_features is None else jnp.asarray(side_features, jnp.float32)
+    n_batches = -(-eval_set.n_users // batch_size)
+    rows = np.full(n_batches * batch_size, -1, np.int32)
+    rows[: eval_set.n_users] = np.arange(eval_set.n_users)
+    per_batch = [
+        eval_step(state, batch_rows, fold_in, exclude, heldout, side, n_items=eval_set.fold_in.shape[1], bounds=bounds)
+        for batch_rows in jnp.asarray(rows).reshape(n_batches, batch_size)
+    ]
     return metrics.summarize(metrics.concat_per_user(per_batch))
 
 
