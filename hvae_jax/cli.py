@@ -114,6 +114,7 @@ def resolve_train_config(args: argparse.Namespace) -> tuple[dict, ModelConfig, T
         sections["train"].update(dataclasses.asdict(preset.train))
         sections["settings"].update(dict(preset.settings))
     flags_by_key = {_flag_dest(flag): flag for flag in TRAIN_FLAGS}
+    table: dict = {}
     if args.config:
         path = pathlib.Path(args.config)
         try:
@@ -122,18 +123,18 @@ def resolve_train_config(args: argparse.Namespace) -> tuple[dict, ModelConfig, T
             raise SystemExit(f"config file {path} not found")
         except tomllib.TOMLDecodeError as error:
             raise SystemExit(f"{path}: not valid TOML: {error}")
-        for key, value in table.items():
-            normalized = key.replace("-", "_")
-            if normalized == "model":
-                sections["model"].update(MODEL_NAMES[_model_name(value, path)])
-                continue
-            if normalized not in flags_by_key:
-                raise SystemExit(f"{path}: unknown setting {key!r}; settings are the long flag names of `hvae train`")
-            flag = flags_by_key[normalized]
-            parsed = flag.parse(",".join(map(str, value)) if isinstance(value, list) else str(value))
-            sections[flag.section][flag.field] = parsed
-    if args.model:
-        sections["model"].update(MODEL_NAMES[args.model])
+    # A model name brings that model's defaults, above the preset and below every explicit setting.
+    model_name = args.model or (_model_name(table["model"], args.config) if "model" in table else None)
+    if model_name:
+        sections["model"].update(MODEL_NAMES[model_name])
+    for key, value in table.items():
+        normalized = key.replace("-", "_")
+        if normalized == "model":
+            continue
+        if normalized not in flags_by_key:
+            raise SystemExit(f"{args.config}: unknown setting {key!r}; settings are the long flag names of `hvae train`")
+        flag = flags_by_key[normalized]
+        sections[flag.section][flag.field] = flag.parse(",".join(map(str, value)) if isinstance(value, list) else str(value))
     for flag in TRAIN_FLAGS:
         value = getattr(args, _flag_dest(flag))
         if value is not None:
@@ -204,7 +205,7 @@ def cmd_data(args: argparse.Namespace) -> int:
             status = "cached" if row.get("cached") else ("download" if row.get("downloadable") else "bring your own")
             print(f"{row['name']:<10} {status:<15} {row.get('description', '')}")
         return 0
-    path = sources.fetch(args.name, progress=True)
+    path = sources.fetch(args.name, url=args.url, sha256=args.sha256, progress=True)
     print(f"{args.name}: {path}")
     return 0
 
@@ -251,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands.add_parser("list", help="registered data sets and whether they are cached")
     fetch = data_commands.add_parser("fetch", help="download, verify and unpack a data set into the cache")
     fetch.add_argument("name")
+    fetch.add_argument("--url", help="download from this address instead of the registry's (or $HVAE_JAX_MIRROR)")
+    fetch.add_argument("--sha256", help="expected SHA-256 of the archive, overriding the registry's")
     data.set_defaults(handler=cmd_data)
 
     recommend = commands.add_parser("recommend", help="top-K unseen items for users given by raw item ids")

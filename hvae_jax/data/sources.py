@@ -284,6 +284,7 @@ def fetch(
     *,
     cache: str | os.PathLike[str] | None = None,
     url: str | None = None,
+    sha256: str | None = None,
     progress: bool = True,
     timeout: float = 60,
 ) -> Path:
@@ -302,6 +303,7 @@ def fetch(
       name: a key of `DATASETS`.
       cache: cache root; defaults to `cache_dir()`.
       url: download address overriding the registry and the mirror.
+      sha256: expected SHA-256 overriding the registry's (for a mirror serving its own build of the archive).
       progress: show a tqdm progress bar while downloading.
       timeout: seconds to wait for the server to connect or to send more bytes.
 
@@ -318,6 +320,8 @@ def fetch(
     source = get_source(name)
     if not source.downloadable:
         raise NotDownloadableError(NETFLIX_MESSAGE if name == "netflix" else f"{name} cannot be downloaded")
+    if sha256 is not None:
+        source = dataclasses.replace(source, sha256=sha256.lower())
     root = _root(cache)
     root.mkdir(parents=True, exist_ok=True)
     extracted = root / name

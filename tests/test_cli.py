@@ -1,0 +1,113 @@
+"""The `hvae` command: configuration precedence, clear errors on bad input, fetch against a local server, and a
+train -> evaluate -> recommend round trip."""
+
+import hashlib
+import http.server
+import io
+import json
+import threading
+import zipfile
+
+import jax
+import pytest
+
+from hvae_jax.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _standard_dtype_promotion():
+    # optax's Adam bias correction mixes a Python float with an int32 count (see tests/conftest.py).
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+def _printed_config(capsys, *argv) -> dict:
+    assert main(["train", "--print-config", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_flags_override_config_file_which_overrides_preset(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('epochs = 7\nlatents = [64, 32]\nmodel = "hvae"\nlr = 0.002\n')
+    resolved = _printed_config(capsys, "--preset", "liang-multvae-ml20m", "--config", str(config), "--epochs", "3")
+    assert resolved["train"]["epochs"] == 3  # flag beats file
+    assert resolved["train"]["learning_rate"] == 0.002  # file beats preset
+    assert resolved["train"]["total_anneal_steps"] == 200_000  # preset beats defaults
+    assert resolved["model"]["latents"] == [64, 32]
+    assert resolved["model"]["prior"] == "vamp"  # `model = "hvae"` brings the H+Vamp defaults
+    assert resolved["settings"]["data"] == "ml-20m"
+
+
+def test_mult_dae_gets_liangs_weight_decay(capsys):
+    resolved = _printed_config(capsys, "--model", "multdae", "--batch-size", "100")
+    assert resolved["train"]["weight_decay"] == pytest.approx(0.01 / 100)
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("epochz = 3\n")
+    with pytest.raises(SystemExit, match="epochz"):
+        main(["train", "--config", str(config), "--print-config"])
+
+
+def test_malformed_data_file_gives_file_and_line_not_a_traceback(tmp_path, capsys):
+    data = tmp_path / "u.data"
+    data.write_text("1\t2\t5\t100\n1\t3\t4\n")
+    code = main(["train", "--data", str(data), "--workdir", str(tmp_path / "run"), "--no-progress"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "u.data:2" in error and "Traceback" not in error
+
+
+def test_data_fetch_from_a_local_server(tmp_path, monkeypatch, capsys):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("ml-100k/u.data", "1\t10\t5\t1\n2\t10\t3\t1\n")
+        archive.writestr("ml-100k/u.user", "1|24|M|technician|85711\n2|53|F|other|94043\n")
+        archive.writestr("ml-100k/u.item", "10|Toy Story (1995)|01-Jan-1995||http://x|0\n")
+    payload = buffer.getvalue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("HVAE_JAX_CACHE", str(tmp_path / "cache"))
+        url = f"http://127.0.0.1:{server.server_address[1]}/ml-100k.zip"
+        digest = hashlib.sha256(payload).hexdigest()
+        assert main(["data", "fetch", "ml-100k", "--url", url, "--sha256", digest]) == 0
+        assert (tmp_path / "cache" / "ml-100k" / "u.data").read_text().startswith("1\t10\t5")
+        # A wrong hash is refused and leaves nothing behind.
+        assert main(["data", "fetch", "ml-1m", "--url", url, "--sha256", "0" * 64]) == 2
+        assert "SHA-256" in capsys.readouterr().err
+        assert not list((tmp_path / "cache").glob("ml-1m*"))
+    finally:
+        server.shutdown()
+
+
+def test_train_evaluate_recommend_round_trip(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--latents", "16", "--hidden", "32", "--workdir", str(workdir),
+                 "--no-progress"]) == 0
+    trained = json.loads((workdir / "results.json").read_text())
+    for key in ("model", "dataset", "protocol", "n_users", "n_items", "valid", "test", "epochs", "train_seconds",
+                "train_users_per_second"):
+        assert key in trained
+    for metric in ("ndcg@100", "recall@20", "recall_all@20", "ndcg@100_se"):
+        assert metric in trained["test"]
+    assert main(["evaluate", "--workdir", str(workdir)]) == 0
+    evaluated = json.loads((workdir / "results.json").read_text())
+    assert evaluated["test"]["ndcg@100"] == pytest.approx(trained["test"]["ndcg@100"], abs=1e-6)
+    capsys.readouterr()
+    assert main(["recommend", "--workdir", str(workdir), "--items", "i1,i2,i3", "-k", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and not any(f" i{n} " in f" {line} " for line in lines for n in (1, 2, 3))
