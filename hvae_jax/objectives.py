@@ -95,7 +95,8 @@ def batch_loss(
 ) -> tuple[jax.Array, dict]:
     """The batch objective: weighted mean over users of the per-user terms, then beta-weighted KL and weight decay.
 
-    loss = mean_u nll_u + sum_l beta_l max(mean_u KL_ul, free_bits) + weight_decay * ||W||^2
+    loss = mean_u nll_u + sum_l beta_l KL_l + weight_decay * ||W||^2,
+    KL_l = mean_u KL_ul, or max(mean_u KL_ul, free_bits) when free_bits > 0
 
     Args:
       x: [batch, n_items]; side: [batch, n_features] or None.
@@ -124,7 +125,9 @@ def batch_loss(
     weights = user_weights / jnp.maximum(jnp.sum(user_weights), 1.0)
     nll = jnp.sum(weights * terms.nll)
     kl = jnp.sum(weights[:, None] * terms.kl, axis=0)
-    kl_term = jnp.sum(betas * jnp.maximum(kl, train.free_bits)) if kl.shape[0] else jnp.zeros(())
+    # Free bits are static: with none, the KL enters as it is (a Monte Carlo estimate may average below zero).
+    clamped_kl = jnp.maximum(kl, train.free_bits) if train.free_bits > 0 else kl
+    kl_term = jnp.sum(betas * clamped_kl) if kl.shape[0] else jnp.zeros(())
     loss = nll + kl_term
     if train.weight_decay:
         loss = loss + train.weight_decay * weight_l2(params)

@@ -70,7 +70,10 @@ def batch_slots(matrix: DeviceCSR, rows: jax.Array, max_nnz: int) -> BatchSlots:
     batch_row = jnp.minimum(jnp.searchsorted(ends, slot, side="right"), rows.shape[0] - 1).astype(jnp.int32)
     is_real = slot < ends[-1]
     source = starts_in_matrix[batch_row] + slot - (ends[batch_row] - lengths[batch_row])
-    items = matrix.indices[jnp.where(is_real, source, 0)]
+    if matrix.indices.shape[0] == 0:
+        items = jnp.zeros_like(source)  # a matrix without entries: every slot is padding
+    else:
+        items = matrix.indices[jnp.where(is_real, source, 0)]
     return BatchSlots(batch_row, items, is_real, ends[-1].astype(jnp.int32), lengths)
 
 

@@ -109,6 +109,8 @@ def strong_generalization(
     with at least 5 items, int(heldout_fraction * n) random items are held out and the rest are the fold-in input;
     users with fewer keep every item as input and are skipped by the metrics.
     """
+    if n_heldout_users <= 0:
+        raise ValueError(f"n_heldout_users must be positive (validation and test users each), got {n_heldout_users}")
     rng = np.random.RandomState(seed)
     user_counts = np.bincount(interactions.users, minlength=interactions.n_users)
     kept_users = np.flatnonzero(user_counts >= min_user_count)

@@ -108,7 +108,7 @@ class HierarchicalVAE(nn.Module):
             # Hard-tanh-to-[0, 1] parameterisation of Tomczak & Welling; start inside the linear region.
             self.pseudo_inputs = self.param(
                 "pseudo_inputs",
-                lambda key, shape: 0.05 + 0.01 * jax.random.normal(key, shape),
+                lambda key, shape: 0.05 + 0.01 * jax.random.normal(key, shape, jnp.float32),
                 (c.n_pseudo_inputs, self.n_items),
             )
 

@@ -1,0 +1,179 @@
+"""Tests of hvae_jax.train.fit on a tiny synthetic split: reproducibility, exact resume after an interruption, no
+recompilation after the first epoch, best-epoch bookkeeping, Mult-DAE, and early stopping.
+
+Adam's update does not survive strict dtype promotion (optax computes `decay ** count` with a Python float and an
+int32 count), so this module runs with standard dtype promotion; rank promotion still raises (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import hvae_jax.train as train_module
+from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.data.splits import strong_generalization
+from hvae_jax.data.synthetic import synthetic_interactions
+from hvae_jax.evaluate import evaluate, neural_eval_step
+from hvae_jax.train import VALIDATION_METRIC, fit
+
+MODEL = ModelConfig(latents=(6,), hidden=12)
+# 260 training users in batches of 64: 5 updates per epoch (the last one padded), dispatched as chunks of 2, 2, 1.
+TRAIN = TrainConfig(epochs=3, batch_size=64, steps_per_dispatch=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def standard_dtype_promotion():
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _standard_dtype_promotion(standard_dtype_promotion):
+    yield
+
+
+@pytest.fixture(scope="module")
+def split():
+    split = strong_generalization(synthetic_interactions(n_users=340, n_items=80, seed=1), n_heldout_users=40)
+    assert split.train.shape[0] == 260
+    return split
+
+
+def without_timings(history: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if "seconds" not in key} for row in history]
+
+
+def assert_trees_equal(a, b) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
+
+
+@pytest.fixture(scope="module")
+def baseline(standard_dtype_promotion, split, tmp_path_factory):
+    """One uninterrupted run, with JAX's compile events counted per epoch.
+
+    Each epoch starts with one call of `epoch_order`, so wrapping it marks where epochs begin in the event stream.
+    """
+    events: list[str] = []
+    epoch_starts: list[int] = []
+
+    def on_event(event: str, duration: float, **kwargs) -> None:
+        if event in COMPILE_EVENTS:
+            events.append(event)
+
+    original_epoch_order = train_module.epoch_order
+
+    def marked_epoch_order(*args, **kwargs):
+        epoch_starts.append(len(events))
+        return original_epoch_order(*args, **kwargs)
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(train_module, "epoch_order", marked_epoch_order)
+            result = fit(MODEL, TRAIN, split, tmp_path_factory.mktemp("baseline"), progress=False, log=lambda _: None)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    return result, events, epoch_starts
+
+
+def test_same_seed_gives_identical_history_and_params(split, baseline, tmp_path):
+    first = baseline[0]
+    again = fit(MODEL, TRAIN, split, tmp_path, progress=False, log=lambda _: None)
+    assert without_timings(again.history) == without_timings(first.history)
+    assert_trees_equal(again.final_params, first.final_params)
+    assert_trees_equal(again.best_params, first.best_params)
+    assert again.best_epoch == first.best_epoch
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(split, baseline, tmp_path):
+    uninterrupted = baseline[0]
+    messages: list[str] = []
+    interrupted = fit(MODEL, TRAIN, split, tmp_path, progress=False, stop_after_epochs=1, log=messages.append)
+    assert interrupted.epochs_run == 1 and interrupted.resumed_from is None
+    resumed = fit(MODEL, TRAIN, split, tmp_path, progress=False, log=messages.append)
+    assert resumed.resumed_from == 1 and resumed.epochs_run == TRAIN.epochs
+    assert any("resuming from epoch 1" in message for message in messages)
+
+    assert without_timings(resumed.history) == without_timings(uninterrupted.history)
+    assert_trees_equal(resumed.final_params, uninterrupted.final_params)
+    assert_trees_equal(resumed.best_params, uninterrupted.best_params)
+    assert resumed.best_epoch == uninterrupted.best_epoch
+    assert resumed.best_validation == uninterrupted.best_validation
+    # The metrics log holds each epoch once, across the two calls.
+    logged = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert len(logged) == TRAIN.epochs
+
+
+def test_no_compilation_after_the_first_epoch(baseline):
+    result, events, epoch_starts = baseline
+    assert len(epoch_starts) == TRAIN.epochs == result.epochs_run
+    first_epoch = events[epoch_starts[0] : epoch_starts[1]]
+    assert "/jax/core/compile/backend_compile_duration" in first_epoch  # the listener sees compilations at all
+    later = events[epoch_starts[1] :]
+    assert later == [], f"{len(later)} traces/compilations during epochs 2..{TRAIN.epochs}"
+
+
+def test_validation_metric_and_best_epoch(split, baseline):
+    result = baseline[0]
+    ndcg = [row["valid"][VALIDATION_METRIC] for row in result.history]
+    assert len(ndcg) == TRAIN.epochs and np.all(np.isfinite(ndcg)) and all(0.0 < v <= 1.0 for v in ndcg)
+    assert result.best_epoch == int(np.argmax(ndcg)) + 1
+    assert result.best_validation == result.history[result.best_epoch - 1]["valid"]
+    assert [row["epoch"] for row in result.history] == list(range(1, TRAIN.epochs + 1))
+    assert all(np.isfinite(row["loss"]) and np.isfinite(row["nll"]) and len(row["kl"]) == 1 for row in result.history)
+    # best_params are the parameters that scored best: evaluating them again gives the recorded numbers.
+    eval_step = neural_eval_step(result.model)
+    rescored = evaluate(eval_step, result.best_params, split.valid)
+    np.testing.assert_allclose(rescored[VALIDATION_METRIC], result.best_validation[VALIDATION_METRIC], rtol=1e-6)
+    rescored_final = evaluate(eval_step, result.final_params, split.valid)
+    np.testing.assert_allclose(rescored_final[VALIDATION_METRIC], ndcg[-1], rtol=1e-6)
+
+
+def test_mult_dae_trains(split, tmp_path):
+    config = ModelConfig(kind="dae", dae_latent=12)
+    train = dataclasses.replace(TRAIN, weight_decay=0.01, learning_rate=3e-3)
+    result = fit(config, train, split, tmp_path, progress=False, log=lambda _: None)
+    assert result.epochs_run == train.epochs
+    losses = [row["loss"] for row in result.history]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert all(row["kl"] == [] for row in result.history)
+    assert np.isfinite(result.best_validation[VALIDATION_METRIC])
+    assert set(result.final_params) == {"encoder", "decoder_output"}
+
+
+def test_early_stopping_stops_and_stays_stopped(split, tmp_path):
+    # A learning rate too small to move float32 parameters leaves validation flat, so with patience 1 the run stops
+    # at the second epoch; whatever the numbers, the stop must follow the patience rule.
+    patience, epochs = 1, 8
+    train = dataclasses.replace(TRAIN, epochs=epochs, learning_rate=1e-9, early_stopping=patience)
+    messages: list[str] = []
+    result = fit(MODEL, train, split, tmp_path, progress=False, log=messages.append)
+    ndcg = [row["valid"][VALIDATION_METRIC] for row in result.history]
+
+    best, without_improvement, expected_stop = -np.inf, 0, epochs
+    for epoch, value in enumerate(ndcg, start=1):
+        if value > best:
+            best, without_improvement = value, 0
+        else:
+            without_improvement += 1
+        if without_improvement >= patience:
+            expected_stop = epoch
+            break
+    assert result.epochs_run == expected_stop < epochs
+    assert any("early stopping after epoch" in message for message in messages)
+    assert result.best_epoch == int(np.argmax(ndcg)) + 1
+
+    # Calling fit again in the same workdir resumes into the stopped state and trains no further.
+    again = fit(MODEL, train, split, tmp_path, progress=False, log=messages.append)
+    assert again.epochs_run == expected_stop
+    assert without_timings(again.history) == without_timings(result.history)
+    assert_trees_equal(again.final_params, result.final_params)
