@@ -23,7 +23,7 @@ def log_likelihood(kind: str, logits: jax.Array, x: jax.Array) -> jax.Array:
     bernoulli:   sum_i x_i log sigmoid(l_i) + (1 - x_i) log sigmoid(-l_i)
     gaussian:    -1/2 sum_i (x_i - l_i)^2 (unit variance; -n/2 log 2 pi dropped)
     """
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # bfloat16 -> float32; float64 stays
     if kind == "multinomial":
         return jnp.sum(jax.nn.log_softmax(logits) * x)
     if kind == "bernoulli":

@@ -152,3 +152,12 @@ def test_reparameterized_samples_have_the_right_moments():
     # Sample mean within 5 standard errors; sample variance within 5 of its standard errors (2 var^2 / n for normals).
     assert np.all(np.abs(samples.mean(axis=0) - np.asarray(mean)) < 5 * sd / np.sqrt(n))
     assert np.all(np.abs(samples.var(axis=0) - sd**2) < 5 * sd**2 * np.sqrt(2.0 / n))
+
+
+def test_log_normal_components_matches_the_direct_density():
+    """The VampPrior's matmul form of log N(z; m_k, v_k) equals the direct per-component formula."""
+    z = jax.random.normal(jax.random.key(0), (20,))
+    means = jax.random.normal(jax.random.key(1), (7, 20))
+    logvars = jnp.clip(3.0 * jax.random.normal(jax.random.key(2), (7, 20)), -12.0, 4.0)
+    direct = np.array([float(gaussian.log_normal(z, means[k], logvars[k])) for k in range(7)])
+    np.testing.assert_allclose(gaussian.log_normal_components(z, means, logvars), direct, rtol=1e-5)

@@ -18,6 +18,23 @@ def log_normal(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
     return -0.5 * jnp.sum(_LOG_2PI + logvar + jnp.square(z - mean) * jnp.exp(-logvar), axis=-1)
 
 
+def log_normal_components(z: jax.Array, means: jax.Array, logvars: jax.Array) -> jax.Array:
+    """[K] log N(z; means_k, exp(logvars_k)) for one point z: [d] against K Gaussians means, logvars: [K, d].
+
+    Expanded as sum_d (z - m)^2 / v = (z^2) . (1/v) - 2 z . (m/v) + sum_d m^2 / v, so that under `vmap` over users
+    the work is two [batch, d] x [d, K] matmuls instead of a [batch, K, d] broadcast (VampPrior's hot spot). The
+    expansion is computed at full matmul precision.
+    """
+    precision = jnp.exp(-logvars)
+    highest = jax.lax.Precision.HIGHEST
+    squared_distance = (
+        jnp.dot(precision, jnp.square(z), precision=highest)
+        - 2.0 * jnp.dot(means * precision, z, precision=highest)
+        + jnp.sum(jnp.square(means) * precision, axis=-1)
+    )
+    return -0.5 * (z.shape[-1] * _LOG_2PI + jnp.sum(logvars, axis=-1) + squared_distance)
+
+
 def kl_normal(mean_q: jax.Array, logvar_q: jax.Array, mean_p: jax.Array, logvar_p: jax.Array) -> jax.Array:
     """KL(N(mean_q, var_q) || N(mean_p, var_p)) summed over the last axis.
 

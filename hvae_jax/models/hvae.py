@@ -114,7 +114,7 @@ class HierarchicalVAE(nn.Module):
 
     def _split_head(self, head_output: jax.Array) -> tuple[jax.Array, jax.Array]:
         # Means and log-variances stay float32 under mixed precision: the KL and sampling need the range.
-        mean, logvar = jnp.split(head_output.astype(jnp.float32), 2, axis=-1)
+        mean, logvar = jnp.split(head_output.astype(jnp.promote_types(head_output.dtype, jnp.float32)), 2, axis=-1)
         if self.config.logvar_clip is not None:
             logvar = jnp.clip(logvar, *self.config.logvar_clip)
         return mean, logvar
@@ -139,7 +139,7 @@ class HierarchicalVAE(nn.Module):
         pseudo = jnp.clip(self.pseudo_inputs, 0.0, 1.0)
         pseudo = normalize_input(pseudo, None, 0.0)
         means, logvars = self._top_posterior(self._bottom_up(pseudo, None))  # [K, d_L] each
-        component_log_densities = gaussian.log_normal(z_top[None, :], means, logvars)
+        component_log_densities = gaussian.log_normal_components(z_top, means, logvars)
         return jax.nn.logsumexp(component_log_densities) - jnp.log(self.config.n_pseudo_inputs)
 
     def __call__(

@@ -12,12 +12,9 @@ weight_init = nn.initializers.xavier_uniform()
 bias_init = nn.initializers.truncated_normal(stddev=0.001)
 
 
-def dense(features: int, name: str | None = None, dtype: str = "float32") -> nn.Dense:
-    """A Dense layer with the project's initialisation; float32 parameters, matmuls in `dtype`."""
-    return nn.Dense(
-        features, kernel_init=weight_init, bias_init=bias_init, name=name, dtype=jnp.dtype(dtype),
-        param_dtype=jnp.float32,
-    )
+def dense(features: int, name: str | None = None, dtype: str = "float32") -> "Linear":
+    """A dense layer with the project's initialisation (see `Linear`)."""
+    return Linear(features, dtype, name=name)
 
 
 class Projected(NamedTuple):
@@ -29,8 +26,8 @@ class Projected(NamedTuple):
 
 
 class Linear(nn.Module):
-    """y = x W + b with the parameters of `nn.Dense` (`kernel` [in, out], `bias` [out]); with `projected=True` the
-    input is x W already and only the bias is added."""
+    """y = x W + b with the parameters of `nn.Dense` (`kernel` [in, out], `bias` [out], Glorot-uniform and
+    N(0, 0.001) initialised, float32); with `projected=True` the input is x W already and only the bias is added."""
 
     features: int
     dtype: str = "float32"
@@ -40,11 +37,15 @@ class Linear(nn.Module):
         if projected:
             bias = self.param("bias", bias_init, (self.features,), jnp.float32)
             return x + bias.reshape((1,) * (x.ndim - 1) + (-1,))
+        # Kernel before bias, as nn.Dense: parameter keys follow declaration order, so initial values match it.
         kernel = self.param("kernel", weight_init, (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", bias_init, (self.features,), jnp.float32)
-        dtype = jnp.dtype(self.dtype)
-        y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
-        return y + bias.astype(dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+        if self.dtype == "bfloat16":
+            # Mixed precision: the matmul in bfloat16; parameters stay float32. Otherwise no cast at all, so a
+            # float64 run (parameters and inputs in float64) stays float64.
+            x, kernel, bias = (a.astype(jnp.bfloat16) for a in (x, kernel, bias))
+        y = jnp.dot(x, kernel)
+        return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
 class Hidden(nn.Module):
