@@ -62,7 +62,10 @@ def test_malformed_data_file_gives_file_and_line_not_a_traceback(tmp_path, capsy
 def test_data_fetch_from_a_local_server(tmp_path, monkeypatch, capsys):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("ml-100k/u.data", "1\t10\t5\t1\n2\t10\t3\t1\n")
+        # 8 users x 8 items, every rating 4 or 5 except user 8's 1s (dropped by the > 3.5 threshold).
+        rows = [f"{u}\t{i}\t{4 + (u + i) % 2}\t1" for u in range(1, 8) for i in range(10, 18)]
+        rows += [f"8\t{i}\t1\t1" for i in range(10, 18)]
+        archive.writestr("ml-100k/u.data", "\n".join(rows) + "\n")
         archive.writestr("ml-100k/u.user", "1|24|M|technician|85711\n2|53|F|other|94043\n")
         archive.writestr("ml-100k/u.item", "10|Toy Story (1995)|01-Jan-1995||http://x|0\n")
     payload = buffer.getvalue()
@@ -86,6 +89,14 @@ def test_data_fetch_from_a_local_server(tmp_path, monkeypatch, capsys):
         digest = hashlib.sha256(payload).hexdigest()
         assert main(["data", "fetch", "ml-100k", "--url", url, "--sha256", digest]) == 0
         assert (tmp_path / "cache" / "ml-100k" / "u.data").read_text().startswith("1\t10\t5")
+        # The fetched data set now trains by name, with MovieLens's default rating threshold (> 3.5).
+        workdir = tmp_path / "by-name"
+        assert main(["train", "--data", "ml-100k", "--model", "popularity", "--heldout-users", "1",
+                     "--workdir", str(workdir), "--no-progress"]) == 0
+        by_name = json.loads((workdir / "results.json").read_text())
+        assert by_name["dataset"] == "ml-100k"
+        assert by_name["n_users"] == 7 and by_name["n_items"] == 8  # user 8 rated everything 1: below 3.5
+        capsys.readouterr()
         # A wrong hash is refused and leaves nothing behind.
         assert main(["data", "fetch", "ml-1m", "--url", url, "--sha256", "0" * 64]) == 2
         assert "SHA-256" in capsys.readouterr().err
