@@ -81,6 +81,15 @@ def normalize_input(x: jax.Array, keep_mask: jax.Array | None, dropout_rate: flo
     return x
 
 
+def encoder_input(
+    x: jax.Array, noise: Noise | None, input_projection: Projected | None, dropout_rate: float
+) -> jax.Array | Projected:
+    """What the first layer receives: the sparse path's projection if given, else the normalised, dropped-out x."""
+    if input_projection is not None:
+        return input_projection
+    return normalize_input(x, None if noise is None else noise.keep_mask, dropout_rate)
+
+
 class HierarchicalVAE(nn.Module):
     """One user's hierarchical VAE. Call as `model.apply(params, x, side, noise)`; `noise=None` evaluates."""
 
@@ -160,12 +169,8 @@ class HierarchicalVAE(nn.Module):
         """
         c = self.config
         n_levels = c.n_levels
-        keep_mask = None if noise is None else noise.keep_mask
         epsilons = (None,) * n_levels if noise is None or noise.epsilons is None else noise.epsilons
-        encoder_input = input_projection
-        if encoder_input is None:
-            encoder_input = normalize_input(x, keep_mask, c.input_dropout)
-        hidden = self._bottom_up(encoder_input, side)
+        hidden = self._bottom_up(encoder_input(x, noise, input_projection, c.input_dropout), side)
 
         z = [None] * n_levels
         kl = [None] * n_levels
@@ -217,12 +222,9 @@ class MultDAE(nn.Module):
         noise: Noise | None = None,
         input_projection: Projected | None = None,
     ) -> Output:
-        keep_mask = None if noise is None else noise.keep_mask
         dtype = self.config.compute_dtype
-        encoder_input = input_projection
-        if encoder_input is None:
-            encoder_input = normalize_input(x, keep_mask, self.config.input_dropout)
-        code = Hidden(self.config.dae_latent, self.config.gated, name="encoder", dtype=dtype)(encoder_input, side)
+        first_input = encoder_input(x, noise, input_projection, self.config.input_dropout)
+        code = Hidden(self.config.dae_latent, self.config.gated, name="encoder", dtype=dtype)(first_input, side)
         logits = dense(self.n_items, name="decoder_output", dtype=dtype)(code)
         empty = jnp.zeros((0,), logits.dtype)
         return Output(logits, empty, empty, empty, ())
