@@ -30,7 +30,7 @@ from hvae_jax.configs import ModelConfig, TrainConfig
 from hvae_jax.data.batches import BatchSlots, DeviceCSR, batch_slots, epoch_order, max_batch_nnz, to_device
 from hvae_jax.models import sparse as sparse_layer
 from hvae_jax.data.splits import Split
-from hvae_jax.evaluate import DEFAULT_KS, evaluate, neural_eval_step
+from hvae_jax.evaluate import DEFAULT_KS, active_units, evaluate, make_means_step, neural_eval_step, posterior_means
 from hvae_jax.logs import MetricsLog
 from hvae_jax.models.hvae import build_model, init_params
 from hvae_jax.objectives import batch_loss, beta_per_level
@@ -218,6 +218,7 @@ def fit(
         parallel.check_batch_size(batch_size, mesh)
         matrix, train_side = jax.device_put((matrix, train_side), parallel.replicated(mesh))
     eval_step = neural_eval_step(model, ks)
+    means_step = make_means_step(model) if model_config.kind == "vae" else None
 
     checkpoints = Checkpoints(workdir)
     state = create_state(model, optimizer, n_side, key=keys.init)
@@ -288,6 +289,10 @@ def fit(
         if split.valid is not None and (epoch % train.eval_every == 0 or epoch == train.epochs):
             validation = evaluate(eval_step, state.params, split.valid, side_features=side.get("valid"))
             row["valid"] = validation
+            if means_step is not None:
+                # Burda et al.'s active units per level, every validated epoch, so posterior collapse shows.
+                level_means = posterior_means(model, state.params, split.valid, side.get("valid"), means_step=means_step)
+                row["active_units"] = [active_units(means) for means in level_means]
             if validation[VALIDATION_METRIC] > best["metric"]:
                 best.update(epoch=epoch, validation=validation, metric=validation[VALIDATION_METRIC])
                 best["epochs_without_improvement"] = 0
