@@ -7,7 +7,6 @@ strong-generalization split, test NDCG@100 / Recall@20 / Recall@50 with standard
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import pathlib

@@ -22,7 +22,7 @@ DEFAULT_KS = (10, 20, 50, 100)
 Scorer = Callable[[jax.Array, jax.Array | None], jax.Array]
 
 
-def _side_rows(side_features: np.ndarray | None, start: int, batch_size: int) -> np.ndarray | None:
+def side_rows(side_features: np.ndarray | None, start: int, batch_size: int) -> np.ndarray | None:
     """Side-feature rows [start, start + batch_size), zero-padded like `host_dense_rows`."""
     if side_features is None:
         return None
@@ -128,7 +128,7 @@ def posterior_means(
     chunks = []
     for start in range(0, eval_set.n_users, batch_size):
         fold_in, real = host_dense_rows(eval_set.fold_in, start, batch_size)
-        side = _side_rows(side_features, start, batch_size)
+        side = side_rows(side_features, start, batch_size)
         chunks.append([np.asarray(level)[real] for level in means_step(params, fold_in, side)])
     return [np.concatenate([chunk[level] for chunk in chunks]) for level in range(len(chunks[0]))]
 

@@ -28,6 +28,7 @@ from hvae_jax.evaluate import (
     make_eval_step,
     neural_eval_step,
     posterior_means,
+    side_rows,
 )
 from hvae_jax.models import baselines
 from hvae_jax.models.hvae import build_model, init_params, kl_estimators
@@ -210,26 +211,29 @@ def importance_weighted_loglik(model, params, split: Split, side, n_samples: int
     test_side = None if side is None else side.get("test")
 
     @jax.jit
-    def bounds(x, side_rows, key):
+    def bounds(x, side, key):
         keys = jax.random.split(key, x.shape[0])
         return jax.vmap(
             lambda x_u, s_u, k: importance_weighted_bound(model, params, x_u, s_u, n_samples, key=k),
-            in_axes=(0, None if side_rows is None else 0, 0),
-        )(x, side_rows, keys)
+            in_axes=(0, None if side is None else 0, 0),
+        )(x, side, keys)
 
     iw_total, elbo_total, n = 0.0, 0.0, 0
     key = jax.random.key(seed)
     for start in range(0, full.shape[0], 500):
         x, real = host_dense_rows(full, start, 500)
-        side_rows = None if test_side is None else np.zeros((500, test_side.shape[1]), np.float32)
-        if side_rows is not None:
-            chunk = test_side[start : start + 500]
-            side_rows[: len(chunk)] = chunk
-        iw, elbo = bounds(x, side_rows, jax.random.fold_in(key, start))
+        iw, elbo = bounds(x, side_rows(test_side, start, 500), jax.random.fold_in(key, start))
         iw_total += float(np.sum(np.asarray(iw)[real]))
         elbo_total += float(np.sum(np.asarray(elbo)[real]))
         n += int(real.sum())
     return {"samples": n_samples, "iw_bound": iw_total / n, "elbo": elbo_total / n, "users": n}
+
+
+def model_label(config: ModelConfig) -> str:
+    """The name results use: multvae (one level), hvae (several), multdae, ease or popularity."""
+    if config.kind == "vae":
+        return "multvae" if config.n_levels == 1 else "hvae"
+    return {"dae": "multdae"}.get(config.kind, config.kind)
 
 
 def run(
@@ -261,17 +265,13 @@ def run(
         )
     )
     results: dict = {
-        "model": model_config.kind if model_config.kind != "vae" or model_config.n_levels > 1 else "multvae",
+        "model": model_label(model_config),
         "dataset": label,
         "protocol": split.protocol,
         "n_users": int(split.train.shape[0] + (split.valid.n_users if split.valid else 0) + split.test.n_users),
         "n_items": int(split.n_items),
         "split": stats,
     }
-    if model_config.kind == "vae" and model_config.n_levels > 1:
-        results["model"] = "hvae"
-    elif model_config.kind == "dae":
-        results["model"] = "multdae"
     start = time.perf_counter()
     if model_config.kind in ("vae", "dae"):
         from hvae_jax import parallel

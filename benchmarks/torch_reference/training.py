@@ -78,7 +78,19 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class ReferenceTrainer:
+class _EpochLoop:
+    """What both trainers share: an epoch is `step` over consecutive batches of a user order."""
+
+    def run_epoch(self, matrix: sp.csr_matrix, order: np.ndarray) -> float:
+        """Updates over `order` in batches of `train.batch_size`; returns the mean loss."""
+        losses = [
+            self.step(matrix, order[start : start + self.train.batch_size])["loss"]
+            for start in range(0, len(order), self.train.batch_size)
+        ]
+        return float(torch.stack(losses).mean())
+
+
+class ReferenceTrainer(_EpochLoop):
     """Adam on dense host-densified batches, one update per call of `step`."""
 
     def __init__(self, model: nn.Module, train: TrainConfig, *, anneal_steps: int, device: torch.device | str = "cpu"):
@@ -103,16 +115,9 @@ class ReferenceTrainer:
         self.step_count += 1
         return metrics
 
-    def run_epoch(self, matrix: sp.csr_matrix, order: np.ndarray) -> float:
-        """Updates over `order` in batches of `train.batch_size`; returns the mean loss."""
-        losses = [
-            self.step(matrix, order[start : start + self.train.batch_size])["loss"]
-            for start in range(0, len(order), self.train.batch_size)
-        ]
-        return float(torch.stack(losses).mean())
 
 
-class OptimizedTrainer:
+class OptimizedTrainer(_EpochLoop):
     """Adam on sparse, padded batches with a compiled loss; every batch has the same shapes, so one compile serves.
 
     Args:
@@ -184,13 +189,6 @@ class OptimizedTrainer:
         self.step_count += 1
         return metrics
 
-    def run_epoch(self, matrix: sp.csr_matrix, order: np.ndarray) -> float:
-        """Updates over `order` in batches of `train.batch_size`; returns the mean loss."""
-        losses = [
-            self.step(matrix, order[start : start + self.train.batch_size])["loss"]
-            for start in range(0, len(order), self.train.batch_size)
-        ]
-        return float(torch.stack(losses).mean())
 
 
 def ranking_metrics(
