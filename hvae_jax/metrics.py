@@ -26,6 +26,40 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(k) for k in ks)
 
 
+def _metrics_from_hits(
+    hits: jax.Array, n_heldout: jax.Array, n_items: int, ks: tuple[int, ...]
+) -> dict[str, jax.Array]:
+    """Metrics of one user from the hit indicators of their ranked top K_max (see `metrics_from_hits`)."""
+    hits = hits.astype(jnp.float32)
+    k_max = hits.shape[0]
+    # Rank r (0-based) is worth 1 / log2(r + 2).
+    discounts = 1.0 / jnp.log2(jnp.arange(k_max, dtype=jnp.float32) + 2.0)
+    hits_up_to = jnp.cumsum(hits)
+    dcg_up_to = jnp.cumsum(hits * discounts)
+    ideal_dcg_up_to = jnp.cumsum(discounts)
+
+    n_heldout = n_heldout.astype(jnp.int32)
+    has_heldout = n_heldout > 0
+    n_heldout_float = n_heldout.astype(jnp.float32)
+
+    def safe_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+        # Users without held-out items have a zero denominator; give them 0 without ever dividing by 0, so that no
+        # NaN appears in values or in gradients of anything built on top.
+        return jnp.where(has_heldout, numerator / jnp.where(has_heldout, denominator, 1.0), 0.0)
+
+    per_user: dict[str, jax.Array] = {}
+    for k in ks:
+        k_eff = min(k, n_items)  # static
+        n_hits = hits_up_to[k_eff - 1]
+        n_ideal = jnp.minimum(n_heldout, k_eff)  # items an ideal ranking would place in the top K
+        ideal_dcg = ideal_dcg_up_to[jnp.maximum(n_ideal - 1, 0)]
+        per_user[f"ndcg@{k}"] = safe_ratio(dcg_up_to[k_eff - 1], ideal_dcg)
+        per_user[f"recall@{k}"] = safe_ratio(n_hits, n_ideal.astype(jnp.float32))
+        per_user[f"recall_all@{k}"] = safe_ratio(n_hits, n_heldout_float)
+    per_user["n_heldout"] = n_heldout
+    return per_user
+
+
 def _metrics_one_user(
     scores: jax.Array, heldout: jax.Array, exclude: jax.Array, ks: tuple[int, ...]
 ) -> dict[str, jax.Array]:
@@ -46,33 +80,47 @@ def _metrics_one_user(
     _, top_items = jax.lax.top_k(masked_scores, k_max)
     # An excluded item reaches the top K only when fewer than K items are left to rank (its score is -inf);
     # it fills a slot but must never count as a hit, even if the caller also marked it held out.
-    hits = (heldout & ~exclude)[top_items].astype(jnp.float32)  # [k_max], in rank order
-    # Rank r (0-based) is worth 1 / log2(r + 2).
-    discounts = 1.0 / jnp.log2(jnp.arange(k_max, dtype=jnp.float32) + 2.0)
-    hits_up_to = jnp.cumsum(hits)
-    dcg_up_to = jnp.cumsum(hits * discounts)
-    ideal_dcg_up_to = jnp.cumsum(discounts)
+    hits = (heldout & ~exclude)[top_items]  # [k_max], in rank order
+    return _metrics_from_hits(hits, jnp.sum(heldout, dtype=jnp.int32), n_items, ks)
 
-    n_heldout = jnp.sum(heldout, dtype=jnp.int32)
-    has_heldout = n_heldout > 0
-    n_heldout_float = n_heldout.astype(jnp.float32)
 
-    def safe_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
-        # Users without held-out items have a zero denominator; give them 0 without ever dividing by 0, so that no
-        # NaN appears in values or in gradients of anything built on top.
-        return jnp.where(has_heldout, numerator / jnp.where(has_heldout, denominator, 1.0), 0.0)
-
-    per_user: dict[str, jax.Array] = {}
-    for k in ks:
-        k_eff = min(k, n_items)  # static
-        n_hits = hits_up_to[k_eff - 1]
-        n_ideal = jnp.minimum(n_heldout, k_eff)  # items an ideal ranking would place in the top K
-        ideal_dcg = ideal_dcg_up_to[jnp.maximum(n_ideal - 1, 0)]
-        per_user[f"ndcg@{k}"] = safe_ratio(dcg_up_to[k_eff - 1], ideal_dcg)
-        per_user[f"recall@{k}"] = safe_ratio(n_hits, n_ideal.astype(jnp.float32))
-        per_user[f"recall_all@{k}"] = safe_ratio(n_hits, n_heldout_float)
-    per_user["n_heldout"] = n_heldout
+def _with_valid(per_user: dict[str, jax.Array], valid: jax.Array | None, batch: int) -> dict[str, jax.Array]:
+    if valid is None:
+        per_user["valid"] = jnp.ones((batch,), dtype=bool)
+        return per_user
+    valid = jnp.asarray(valid).astype(bool)
+    if valid.shape != (batch,):
+        raise ValueError(f"valid must have shape ({batch},), got {valid.shape}")
+    per_user = {name: jnp.where(valid, values, jnp.zeros_like(values)) for name, values in per_user.items()}
+    per_user["valid"] = valid
     return per_user
+
+
+def metrics_from_hits(
+    hits: jax.Array,
+    n_heldout: jax.Array,
+    n_items: int,
+    ks: Sequence[int] = DEFAULT_KS,
+    valid: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+    """Per-user metrics from already-ranked lists, for rankers that never hold a full score row (the chunked,
+    item-sharded top-K of `models/item_sharded.py`). Same definitions and output as `ranking_metrics`.
+
+    Args:
+      hits: [batch, min(max(ks), n_items)] bool, hits[b, r] = the item user b got at rank r is held out (False for
+        a rank filled by an excluded item).
+      n_heldout: [batch] int, each user's number of held-out items.
+      n_items: catalogue size (a K above it is clipped to it).
+      ks, valid: as `ranking_metrics`.
+    """
+    ks = _check_ks(ks)
+    k_max = min(max(ks), n_items)
+    hits = jnp.asarray(hits)
+    if hits.ndim != 2 or hits.shape[1] != k_max or jnp.shape(n_heldout) != hits.shape[:1]:
+        raise ValueError(f"hits must be [batch, {k_max}] and n_heldout [batch]; got {hits.shape} and "
+                         f"{jnp.shape(n_heldout)}")
+    per_user = jax.vmap(functools.partial(_metrics_from_hits, n_items=n_items, ks=ks))(hits, jnp.asarray(n_heldout))
+    return _with_valid(per_user, valid, hits.shape[0])
 
 
 def ranking_metrics(
@@ -129,16 +177,7 @@ def ranking_metrics(
     per_user = jax.vmap(functools.partial(_metrics_one_user, ks=ks))(
         scores, heldout.astype(bool), exclude.astype(bool)
     )
-    batch = scores.shape[0]
-    if valid is None:
-        per_user["valid"] = jnp.ones((batch,), dtype=bool)
-        return per_user
-    valid = jnp.asarray(valid).astype(bool)
-    if valid.shape != (batch,):
-        raise ValueError(f"valid must have shape ({batch},), got {valid.shape}")
-    per_user = {name: jnp.where(valid, values, jnp.zeros_like(values)) for name, values in per_user.items()}
-    per_user["valid"] = valid
-    return per_user
+    return _with_valid(per_user, valid, scores.shape[0])
 
 
 # `ks` must be hashable here: pass a tuple.

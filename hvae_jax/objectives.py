@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.data.batches import BatchSlots
 from hvae_jax.models import sparse as sparse_layer
 from hvae_jax.models.hvae import draw_noise, first_layer_kernels
 from hvae_jax.models.layers import Projected
@@ -92,6 +93,7 @@ def batch_loss(
     *,
     key: jax.Array,
     sparse_input: sparse_layer.SparseInput | None = None,
+    positives: BatchSlots | None = None,
 ) -> tuple[jax.Array, dict]:
     """The batch objective: weighted mean over users of the per-user terms, then beta-weighted KL and weight decay.
 
@@ -99,29 +101,60 @@ def batch_loss(
     KL_l = mean_u KL_ul, or max(mean_u KL_ul, free_bits) when free_bits > 0
 
     Args:
-      x: [batch, n_items]; side: [batch, n_features] or None.
+      x: [batch, n_items], or None with `sparse_input` and `positives`; side: [batch, n_features] or None.
       user_weights: [batch] 1.0 for real users, 0.0 for padding rows (the last, partial batch of an epoch).
       betas: [L] KL weights.
       key: this step's key; each user gets its own split of it.
       sparse_input: the batch's normalised, dropped-out input as slots; then the first layer is a gather-and-sum
         (`models/sparse.py`) instead of a dense matmul, and `x` serves the likelihood only.
+      positives: with `sparse_input`, the batch's binary items as slots; then the multinomial likelihood is
+        sum_{i in S_u} l_ui - |S_u| logsumexp(l_u), gathering the logits at the positives, and `x` is not needed.
 
     Returns:
       (loss, metrics) with metrics "loss", "nll", "kl" ([L] mean KL per level).
     """
-    user_keys = jax.random.split(key, x.shape[0])
+    n_rows = user_weights.shape[0]
+    user_keys = jax.random.split(key, n_rows)
     projection = None
     if sparse_input is not None:
         kernels = first_layer_kernels(model.config, params)
-        project = lambda kernel: sparse_layer.project(kernel, sparse_input, x.shape[0])  # noqa: E731
+        project = lambda kernel: sparse_layer.project(kernel, sparse_input, n_rows)  # noqa: E731
         projection = Projected(project(kernels.linear), None if kernels.gate is None else project(kernels.gate))
+        if positives is not None:
+            terms = _terms_at_positives(model, params, side, user_keys, projection, positives)
+            return combine_terms(params, train, terms, user_weights, betas)
     per_user = jax.vmap(
         lambda x_u, side_u, key_u, projection_u: user_terms(
             model, params, x_u, side_u, key=key_u, input_projection=projection_u
         ),
         in_axes=(0, None if side is None else 0, 0, 0),
     )
-    terms = per_user(x, side, user_keys, projection)
+    return combine_terms(params, train, per_user(x, side, user_keys, projection), user_weights, betas)
+
+
+def _terms_at_positives(model: nn.Module, params, side, user_keys, projection: Projected, positives: BatchSlots):
+    """Per-user terms of the sparse path, the multinomial likelihood read at the positives' logits only."""
+    config: ModelConfig = model.config
+    if config.likelihood != "multinomial":
+        raise ValueError(f"the likelihood at positives is multinomial; {config.likelihood!r} needs the dense x")
+
+    def one_user(side_u, key_u, projection_u):
+        noise = draw_noise(config, model.n_items, key=key_u, dropout=False)
+        output = model.apply({"params": params}, None, side_u, noise, projection_u)
+        return output.logits, output.kl
+
+    logits, kl = jax.vmap(one_user, in_axes=(None if side is None else 0, 0, 0))(side, user_keys, projection)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    at_positives = jnp.where(positives.is_real, logits[positives.row, positives.item], 0.0)
+    positive_sum = jnp.zeros(logits.shape[:1], logits.dtype).at[positives.row].add(at_positives)
+    log_likelihood = positive_sum - positives.lengths.astype(logits.dtype) * jax.nn.logsumexp(logits, axis=1)
+    return UserTerms(-log_likelihood, kl)
+
+
+def combine_terms(
+    params, train: TrainConfig, terms: UserTerms, user_weights: jax.Array, betas: jax.Array
+) -> tuple[jax.Array, dict]:
+    """The batch objective from per-user terms ([batch] nll, [batch, L] kl); see `batch_loss`."""
     weights = user_weights / jnp.maximum(jnp.sum(user_weights), 1.0)
     nll = jnp.sum(weights * terms.nll)
     kl = jnp.sum(weights[:, None] * terms.kl, axis=0)

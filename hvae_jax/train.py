@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from jax.sharding import Mesh
 
-from hvae_jax import parallel
+from hvae_jax import large_catalogue, parallel
 from hvae_jax.checkpoint import Checkpoints, abstract_like
 from hvae_jax.configs import ModelConfig, TrainConfig
 from hvae_jax.data.batches import BatchSlots, DeviceCSR, batch_slots, epoch_order, max_batch_nnz, to_device
@@ -100,36 +100,54 @@ def make_update(
     max_nnz: int,
     anneal_steps: int,
     mesh: Mesh | None = None,
+    catalogue: large_catalogue.Catalogue | None = None,
 ) -> Callable:
     """Builds one update, `update(state, rows, train_key, matrix, side) -> (state, metrics)`, un-jitted.
 
     The batch `rows` ([batch] training-row indices, -1 pads) is densified on the device; with a `mesh` the dense
     batch is sharded over its devices and XLA reduces the gradient across them. `train.input_path` "auto" means
-    "dense" here; `fit` resolves it from the data first (`resolve_input_path`).
+    "dense" here; `fit` resolves it from the data first (`resolve_input_path`). With a `catalogue` the model's
+    n_items-wide layers are split over its devices and scored in chunks (`large_catalogue.py`); the input is sparse.
     """
     config: ModelConfig = model.config
+    if catalogue is not None:
+        large_catalogue.check_supported(config)
+        if mesh is not None:
+            raise ValueError("an item-sharded catalogue and a data-parallel mesh cannot be combined (yet)")
+        train = dataclasses.replace(train, input_path="sparse")
 
     n_slots = sparse_layer.padded_slots(max_nnz) if train.input_path == "sparse" else max_nnz
+    # The sparse path reads the multinomial likelihood at the positives and never builds the dense rows.
+    dense_rows = train.input_path == "dense" or config.likelihood != "multinomial"
 
     def update(state: TrainState, rows: jax.Array, train_key, matrix: DeviceCSR, side):
         slots = batch_slots(matrix, rows, n_slots)
-        x = jnp.zeros((rows.shape[0], model.n_items), jnp.float32)
-        x = x.at[slots.row, slots.item].add(slots.is_real.astype(jnp.float32))
-        if mesh is not None:
-            x = jax.lax.with_sharding_constraint(x, parallel.batch_matrix(mesh))
+        x = None
+        if dense_rows:
+            x = jnp.zeros((rows.shape[0], model.n_items), jnp.float32)
+            x = x.at[slots.row, slots.item].add(slots.is_real.astype(jnp.float32))
+            if mesh is not None:
+                x = jax.lax.with_sharding_constraint(x, parallel.batch_matrix(mesh))
         batch_side = None if side is None else side[jnp.maximum(rows, 0)]
         betas = beta_per_level(train, config, state.step, anneal_steps)
         key = jax.random.fold_in(train_key, state.step)
+        user_weights = (rows >= 0).astype(jnp.float32)
         sparse_input = None
         if train.input_path == "sparse":
             # A stream of its own, so the users' keys (and their epsilons) match the dense path's.
             dropout_key = jax.random.fold_in(key, SPARSE_DROPOUT_STREAM)
             sparse_input = sparse_input_from_slots(slots, config.input_dropout, key=dropout_key)
-        grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
-        (_, metrics), grads = grad_fn(
-            state.params, model, train, x, batch_side, (rows >= 0).astype(jnp.float32), betas, key=key,
-            sparse_input=sparse_input,
-        )
+        if catalogue is not None:
+            loss_fn = functools.partial(
+                large_catalogue.batch_loss, model=model, train=train, catalogue=catalogue, slots=slots,
+                sparse_input=sparse_input, side=batch_side, user_weights=user_weights, betas=betas, key=key,
+            )
+        else:
+            loss_fn = functools.partial(
+                batch_loss, model=model, train=train, x=x, side=batch_side, user_weights=user_weights, betas=betas,
+                key=key, sparse_input=sparse_input, positives=None if dense_rows else slots,
+            )
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, beta=betas[0] if betas.shape[0] else jnp.zeros(()))
@@ -169,6 +187,7 @@ class FitResult:
     compile_seconds: float
     users_per_second: float
     resumed_from: int | None
+    catalogue: large_catalogue.Catalogue | None = None
 
 
 def fit(
@@ -182,6 +201,8 @@ def fit(
     progress: bool = True,
     stop_after_epochs: int | None = None,
     mesh: Mesh | None = None,
+    catalogue_mesh: Mesh | None = None,
+    logits_budget_bytes: int = large_catalogue.DEFAULT_LOGITS_BUDGET_BYTES,
     log: Callable[[str], None] = print,
 ) -> FitResult:
     """Trains a neural model on `split.train`, validating on `split.valid` after every `eval_every` epochs.
@@ -195,10 +216,23 @@ def fit(
       stop_after_epochs: end this call after so many epochs (to simulate an interruption); the checkpoint lets a
         later call continue.
       mesh: train data-parallel over this mesh's devices (`parallel.data_parallel_mesh()`); None: one device.
+      catalogue_mesh: split the model's n_items-wide layers over this mesh's devices
+        (`models/item_sharded.item_mesh()`) and score items in chunks whose [batch, chunk] float32 logits fit
+        `logits_budget_bytes` per device (`large_catalogue.py`), for catalogues too large for dense logits. The
+        model is built at the padded catalogue size `FitResult.catalogue.layout.n_padded`; active units are not
+        logged on this path.
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    model = build_model(model_config, split.n_items)
+    catalogue = None
+    if catalogue_mesh is not None:
+        catalogue = large_catalogue.plan(
+            split.n_items, min(train.batch_size, split.train.shape[0]), logits_budget_bytes, catalogue_mesh, ks
+        )
+        layout = catalogue.layout
+        log(f"item-sharded catalogue: {layout.n_items} items padded to {layout.n_padded}, {layout.n_shards} devices "
+            f"x {layout.chunks_per_shard} chunks of {layout.chunk}")
+    model = build_model(model_config, split.n_items if catalogue is None else catalogue.layout.n_padded)
     optimizer = optax.adam(train.learning_rate)
     keys = run_keys(train.seed)
     side = side_features or {}
@@ -210,18 +244,21 @@ def fit(
     anneal_steps = total_anneal_steps(train, steps_per_epoch)
     train = dataclasses.replace(train, input_path=resolve_input_path(train, split.train))
     update_chunk = make_update_chunk(
-        model, train, optimizer, max_nnz=max_batch_nnz(split.train, batch_size), anneal_steps=anneal_steps, mesh=mesh
+        model, train, optimizer, max_nnz=max_batch_nnz(split.train, batch_size), anneal_steps=anneal_steps, mesh=mesh,
+        catalogue=catalogue,
     )
     matrix = to_device(split.train)
     train_side = None if n_side == 0 else jnp.asarray(side["train"], jnp.float32)
     if mesh is not None:
         parallel.check_batch_size(batch_size, mesh)
         matrix, train_side = jax.device_put((matrix, train_side), parallel.replicated(mesh))
-    eval_step = neural_eval_step(model, ks)
-    means_step = make_means_step(model) if model_config.kind == "vae" else None
+    eval_step = neural_eval_step(model, ks) if catalogue is None else large_catalogue.make_eval_step(model, catalogue, ks)
+    means_step = make_means_step(model) if model_config.kind == "vae" and catalogue is None else None
 
     checkpoints = Checkpoints(workdir)
     state = create_state(model, optimizer, n_side, key=keys.init)
+    if catalogue is not None:
+        state = large_catalogue.shard_params(model_config, state, catalogue)
     history: list[dict] = []
     best = {"epoch": 0, "validation": None, "metric": -math.inf, "epochs_without_improvement": 0}
     start_epoch = 1
@@ -334,6 +371,7 @@ def fit(
             n_train * epochs_done / compile_seconds if compile_seconds > 0 else 0.0
         ),
         resumed_from=resumed_from,
+        catalogue=catalogue,
     )
 
 

@@ -41,19 +41,23 @@ class Output(NamedTuple):
     """What one forward pass returns for one user.
 
     Attributes:
-      logits: [n_items] decoder output (log-softmax gives the multinomial's log-probabilities).
+      logits: [n_items] decoder output (log-softmax gives the multinomial's log-probabilities); None when the call
+        asked for `output_layer=False`.
       kl: [L] KL(q || p) per level, bottom first: analytic where both sides are Gaussian, else the single-sample
         Monte Carlo estimate log q(z) - log p(z) (the VampPrior top level).
       log_q: [L] log q(z_l | .) at the sampled z.
       log_p: [L] log p(z_l | .) at the sampled z.
       means: posterior means per level (bottom first), for active-unit statistics.
+      decoder_hidden: [hidden] the activation the output layer multiplies (logits = decoder_hidden W + b); the
+        item-sharded output layer (`models/item_sharded.py`) takes it from here instead of the logits.
     """
 
-    logits: jax.Array
+    logits: jax.Array | None
     kl: jax.Array
     log_q: jax.Array
     log_p: jax.Array
     means: tuple[jax.Array, ...]
+    decoder_hidden: jax.Array
 
 
 def kl_estimators(config: ModelConfig) -> tuple[str, ...]:
@@ -157,6 +161,7 @@ class HierarchicalVAE(nn.Module):
         side: jax.Array | None = None,
         noise: Noise | None = None,
         input_projection: Projected | None = None,
+        output_layer: bool = True,
     ) -> Output:
         """Forward pass for one user.
 
@@ -165,7 +170,9 @@ class HierarchicalVAE(nn.Module):
           side: [n_features] side features, or None.
           noise: dropout mask and epsilons; None evaluates (no dropout, z = posterior mean).
           input_projection: the normalised, dropped-out input already multiplied by the first layer's kernels (the
-            sparse input path); then `x` and `noise.keep_mask` are not used by the encoder.
+            sparse input path); then `x` and `noise.keep_mask` are not used by the encoder (x may be None).
+          output_layer: False stops before the n_items-wide output layer (Output.logits is None), for catalogues
+            whose logits are computed in item shards outside the model.
         """
         c = self.config
         n_levels = c.n_levels
@@ -204,8 +211,9 @@ class HierarchicalVAE(nn.Module):
             log_p[level] = gaussian.log_normal(z[level], mean_p, logvar_p)
             kl[level] = gaussian.kl_normal(mean_q, logvar_q, mean_p, logvar_p)
 
-        logits = self.decoder_output(self.decoder_hidden(*z, side))
-        return Output(logits, jnp.stack(kl), jnp.stack(log_q), jnp.stack(log_p), tuple(means))
+        decoder_hidden = self.decoder_hidden(*z, side)
+        logits = self.decoder_output(decoder_hidden) if output_layer else None
+        return Output(logits, jnp.stack(kl), jnp.stack(log_q), jnp.stack(log_p), tuple(means), decoder_hidden)
 
 
 class MultDAE(nn.Module):
@@ -221,13 +229,14 @@ class MultDAE(nn.Module):
         side: jax.Array | None = None,
         noise: Noise | None = None,
         input_projection: Projected | None = None,
+        output_layer: bool = True,
     ) -> Output:
         dtype = self.config.compute_dtype
         first_input = encoder_input(x, noise, input_projection, self.config.input_dropout)
         code = Hidden(self.config.dae_latent, self.config.gated, name="encoder", dtype=dtype)(first_input, side)
-        logits = dense(self.n_items, name="decoder_output", dtype=dtype)(code)
-        empty = jnp.zeros((0,), logits.dtype)
-        return Output(logits, empty, empty, empty, ())
+        logits = dense(self.n_items, name="decoder_output", dtype=dtype)(code) if output_layer else None
+        empty = jnp.zeros((0,), code.dtype)
+        return Output(logits, empty, empty, empty, (), code)
 
 
 def first_layer_kernels(config: ModelConfig, params) -> Projected:

@@ -61,7 +61,8 @@ def _project_forward(kernel, sparse: SparseInput, n_rows: int):
         contribution = _chunk(sparse.value, index)[:, None] * kernel[_chunk(sparse.item, index)]
         return total.at[_chunk(sparse.row, index)].add(contribution)
 
-    initial = jnp.zeros((n_rows, kernel.shape[1]), kernel.dtype)
+    # zeros_like keeps the kernel's sharding type, so the loop also runs inside shard_map (models/item_sharded.py).
+    initial = jnp.zeros_like(kernel, shape=(n_rows, kernel.shape[1]))
     return jax.lax.fori_loop(0, _n_chunks(sparse.n_real), add_chunk, initial)
 
 
