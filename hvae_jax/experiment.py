@@ -54,6 +54,9 @@ class RunSettings:
       iw_samples: report the importance-weighted bound with this many samples (0: not at all).
       devices: train data-parallel over this many devices; 0 means every device JAX sees.
       distributed: join a multi-host run first (`parallel.initialize_distributed`).
+      item_shards: split the model's n_items-wide layers over this many devices and score items in chunks
+        (`large_catalogue.py`, for catalogues too large for dense logits); 0: off, -1: every device.
+      logits_budget_mb: with item_shards, the largest [batch, chunk] float32 logits block per device, in MiB.
     """
 
     data: str | None = None
@@ -71,6 +74,27 @@ class RunSettings:
     iw_samples: int = 0
     devices: int = 1
     distributed: bool = False
+    item_shards: int = 0
+    logits_budget_mb: float = 64.0
+
+
+def catalogue_options(settings: RunSettings) -> dict:
+    """`fit`'s item-sharding arguments for these settings (empty when item_shards is 0)."""
+    if settings.item_shards == 0:
+        return {}
+    from hvae_jax.models.item_sharded import item_mesh
+
+    mesh = item_mesh(None if settings.item_shards < 0 else settings.item_shards)
+    return {"catalogue_mesh": mesh, "logits_budget_bytes": int(settings.logits_budget_mb * 2**20)}
+
+
+def neural_evaluator(model, settings: RunSettings, catalogue=None):
+    """The evaluation step of a neural model: dense scoring, or the chunked item-sharded top-K of `catalogue`."""
+    if catalogue is None:
+        return neural_eval_step(model, settings.ks)
+    from hvae_jax import large_catalogue
+
+    return large_catalogue.make_eval_step(model, catalogue, settings.ks)
 
 
 def _read(path: str, settings: RunSettings) -> Interactions:
@@ -284,8 +308,9 @@ def run(
             mesh = parallel.data_parallel_mesh(None if settings.devices == 0 else settings.devices)
             log(f"data-parallel over {mesh.devices.size} devices")
         fitted = fit(model_config, train_config, split, workdir, side_features=side, ks=settings.ks, progress=progress,
-                     mesh=mesh, log=log)
-        results.update(_evaluate_both(neural_eval_step(fitted.model, settings.ks), fitted.best_params, split, side))
+                     mesh=mesh, log=log, **catalogue_options(settings))
+        evaluator = neural_evaluator(fitted.model, settings, fitted.catalogue)
+        results.update(_evaluate_both(evaluator, fitted.best_params, split, side))
         results.update(
             epochs=fitted.epochs_run,
             best_epoch=fitted.best_epoch,
@@ -293,7 +318,9 @@ def run(
             compile_seconds=fitted.compile_seconds,
             train_users_per_second=fitted.users_per_second,
         )
-        if model_config.kind == "vae":
+        if model_config.kind == "vae" and fitted.catalogue is not None:
+            log("item-sharded run: latent diagnostics and the importance-weighted bound need dense rows; skipped")
+        elif model_config.kind == "vae":
             last = fitted.history[-1] if fitted.history else {}
             results["kl_per_level"] = last.get("kl", [])
             results["kl_estimator_per_level"] = list(kl_estimators(model_config))
@@ -334,7 +361,15 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, log: Callable[[str], None] 
         train_config = TrainConfig(**_tuples(config["train"]))
         return run(settings, model_config, train_config, progress=False, log=log)
     side = load_side_features(settings, split)
-    model = build_model(model_config, split.n_items)
+    catalogue = None
+    if settings.item_shards:
+        from hvae_jax import large_catalogue
+
+        options = catalogue_options(settings)
+        batch_size = min(TrainConfig(**_tuples(config["train"])).batch_size, split.train.shape[0])
+        catalogue = large_catalogue.plan(split.n_items, batch_size, options["logits_budget_bytes"],
+                                         options["catalogue_mesh"], settings.ks)
+    model = build_model(model_config, split.n_items if catalogue is None else catalogue.layout.n_padded)
     n_side = 0 if side is None else side["train"].shape[1]
     abstract = abstract_like(jax.eval_shape(lambda: init_params(model, n_side, key=jax.random.key(0))))
     checkpoints = Checkpoints(workdir)
@@ -349,7 +384,9 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, log: Callable[[str], None] 
         params = restored[0]
     checkpoints.close()
     results = dict(previous)
-    results.update(_evaluate_both(neural_eval_step(model, settings.ks), params, split, side))
+    if catalogue is not None:
+        params = large_catalogue.shard_params(model_config, params, catalogue)
+    results.update(_evaluate_both(neural_evaluator(model, settings, catalogue), params, split, side))
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

@@ -211,6 +211,11 @@ class Recommender:
         n_side = 0
         means = None
         if model_config.kind in NEURAL_KINDS:
+            if settings.get("item_shards"):
+                raise ValueError(
+                    f"{workdir} was trained with --item-shards (a padded, item-sharded catalogue); `hvae recommend` "
+                    "does not serve such runs yet: use hvae_jax.large_catalogue.top_items in a script"
+                )
             if settings.get("user_features"):
                 from hvae_jax.data.features import read_user_features
 

@@ -77,7 +77,9 @@ def catalogue_layout(
             f"a logits budget of {logits_budget_bytes} bytes allows {budget_chunk} items per chunk at batch "
             f"{batch_size}; at least {min_chunk} are needed (raise the budget or lower the batch size)"
         )
-    chunk = max(min_chunk, min(budget_chunk, per_shard_needed))
+    # As few chunks as the budget allows, then the smallest equal chunks that cover the shard: little padding.
+    chunks_per_shard = math.ceil(per_shard_needed / budget_chunk)
+    chunk = max(min_chunk, math.ceil(per_shard_needed / chunks_per_shard))
     return CatalogueLayout(n_items, n_shards, chunk, math.ceil(per_shard_needed / chunk))
 
 
@@ -91,7 +93,7 @@ def item_mesh(n_devices: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (ITEM_AXIS,))
 
 
-def catalogue_param_paths(config: ModelConfig) -> dict[tuple[str, ...], PartitionSpec]:
+def catalogue_param_paths(config: ModelConfig) -> dict[tuple[str, ...], P]:
     """The n_items-wide parameters of `config`'s model and how each is split over the "items" axis."""
     if config.kind == "vae" and config.prior == "vamp":
         raise ValueError("the item-sharded model does not support the VampPrior: its pseudo-inputs are dense "
