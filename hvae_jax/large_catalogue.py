@@ -102,7 +102,7 @@ def batch_loss(
 
     Args:
       slots: the batch's items (the likelihood's positives), padded to a multiple of `sparse.CHUNK`.
-      sparse_input: the same slots normalised and dropped out (`train.sparse_input_from_slots`).
+      sparse_input: the same slots normalised and dropped out (`sparse.sparse_input_from_slots`).
       key: the update's key, split over users as `objectives.batch_loss` does.
     """
     config: ModelConfig = model.config
@@ -119,10 +119,7 @@ def batch_loss(
 def top_items(model: nn.Module, params, catalogue: Catalogue, fold_in: BatchSlots, exclude: BatchSlots, side, k: int):
     """([batch, k] scores, [batch, k] items): each user's best items given the fold-in slots, `exclude` left out."""
     config: ModelConfig = model.config
-    value = fold_in.is_real.astype(jnp.float32) * jax.lax.rsqrt(
-        jnp.maximum(fold_in.lengths[fold_in.row], 1).astype(jnp.float32)
-    )
-    sparse_input = sparse_layer.SparseInput(fold_in.row, fold_in.item, value, fold_in.n_real)
+    sparse_input = sparse_layer.sparse_input_from_slots(fold_in, 0.0)  # normalised, no dropout
     projection = _sharded_projection(params, config, sparse_input, fold_in.lengths.shape[0], catalogue)
     hidden, _ = _decoder_hidden(model, params, projection, side, None)
     output = params["decoder_output"]

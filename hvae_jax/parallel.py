@@ -25,14 +25,19 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def data_parallel_mesh(n_devices: int | None = None) -> Mesh:
-    """A one-axis mesh over the first `n_devices` devices (default: all, every host)."""
+def device_mesh(axis_name: str, n_devices: int | None = None) -> Mesh:
+    """A one-axis mesh named `axis_name` over the first `n_devices` devices (default: all, every host)."""
     devices = jax.devices()
     if n_devices is not None:
         if n_devices > len(devices):
             raise ValueError(f"asked for {n_devices} devices but JAX sees {len(devices)}: {devices}")
         devices = devices[:n_devices]
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    return Mesh(np.asarray(devices), (axis_name,))
+
+
+def data_parallel_mesh(n_devices: int | None = None) -> Mesh:
+    """The "data" mesh over the first `n_devices` devices (default: all, every host)."""
+    return device_mesh(DATA_AXIS, n_devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from hvae_jax import large_catalogue, parallel
 from hvae_jax.checkpoint import Checkpoints, abstract_like
 from hvae_jax.configs import ModelConfig, TrainConfig
-from hvae_jax.data.batches import BatchSlots, DeviceCSR, batch_slots, epoch_order, max_batch_nnz, to_device
+from hvae_jax.data.batches import DeviceCSR, batch_slots, epoch_order, max_batch_nnz, to_device
 from hvae_jax.models import sparse as sparse_layer
 from hvae_jax.data.splits import Split
 from hvae_jax.evaluate import DEFAULT_KS, active_units, evaluate, make_means_step, neural_eval_step, posterior_means
@@ -82,16 +82,6 @@ def resolve_input_path(train: TrainConfig, matrix) -> str:
     return "sparse" if density < SPARSE_BELOW_DENSITY else "dense"
 
 
-def sparse_input_from_slots(slots: BatchSlots, dropout_rate: float, *, key: jax.Array) -> sparse_layer.SparseInput:
-    """Liang et al.'s input transform on slots: L2-normalise each row (1 / sqrt(n) for n binary items), then
-    inverted dropout drawn per interaction."""
-    value = slots.is_real.astype(jnp.float32) * jax.lax.rsqrt(jnp.maximum(slots.lengths[slots.row], 1).astype(jnp.float32))
-    if dropout_rate > 0:
-        keep = jax.random.bernoulli(key, 1.0 - dropout_rate, value.shape)
-        value = jnp.where(keep, value / (1.0 - dropout_rate), 0.0)
-    return sparse_layer.SparseInput(slots.row, slots.item, value, slots.n_real)
-
-
 def make_update(
     model: nn.Module,
     train: TrainConfig,
@@ -136,7 +126,7 @@ def make_update(
         if train.input_path == "sparse":
             # A stream of its own, so the users' keys (and their epsilons) match the dense path's.
             dropout_key = jax.random.fold_in(key, SPARSE_DROPOUT_STREAM)
-            sparse_input = sparse_input_from_slots(slots, config.input_dropout, key=dropout_key)
+            sparse_input = sparse_layer.sparse_input_from_slots(slots, config.input_dropout, key=dropout_key)
         if catalogue is not None:
             loss_fn = functools.partial(
                 large_catalogue.batch_loss, model=model, train=train, catalogue=catalogue, slots=slots,

@@ -11,7 +11,8 @@ from hvae_jax.configs import ModelConfig, TrainConfig
 from hvae_jax.data.batches import batch_slots, max_batch_nnz, to_device
 from hvae_jax.models import sparse as sparse_layer
 from hvae_jax.models.hvae import build_model
-from hvae_jax.train import create_state, make_update, resolve_input_path, sparse_input_from_slots
+from hvae_jax.models.sparse import sparse_input_from_slots
+from hvae_jax.train import create_state, make_update, resolve_input_path
 
 
 @pytest.fixture(autouse=True)

@@ -27,9 +27,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from hvae_jax import parallel
 from hvae_jax.configs import ModelConfig
 from hvae_jax.models import sparse as sparse_layer
 
@@ -85,12 +85,7 @@ def catalogue_layout(
 
 def item_mesh(n_devices: int | None = None) -> Mesh:
     """A one-axis mesh named "items" over the first `n_devices` devices (default: all)."""
-    devices = jax.devices()
-    if n_devices is not None:
-        if n_devices > len(devices):
-            raise ValueError(f"asked for {n_devices} devices but JAX sees {len(devices)}: {devices}")
-        devices = devices[:n_devices]
-    return Mesh(np.asarray(devices), (ITEM_AXIS,))
+    return parallel.device_mesh(ITEM_AXIS, n_devices)
 
 
 def catalogue_param_paths(config: ModelConfig) -> dict[tuple[str, ...], P]:
@@ -199,10 +194,6 @@ def _local_logsumexp_bwd(n_items, chunk, compute_dtype, residuals, lse_cotangent
 _local_logsumexp.defvjp(_local_logsumexp_fwd, _local_logsumexp_bwd)
 
 
-def _slot_chunk(array, index):
-    return jax.lax.dynamic_slice_in_dim(array, index * sparse_layer.CHUNK, sparse_layer.CHUNK)
-
-
 @jax.custom_vjp
 def _local_positive_logits(h, kernel, bias, row, item, weight, n_real):
     """[batch] sum over slots s of weight[s] * logit(row[s], item[s]), reading only the kernel columns of the slots'
@@ -212,11 +203,11 @@ def _local_positive_logits(h, kernel, bias, row, item, weight, n_real):
 
 def _local_positive_logits_forward(h, kernel, bias, row, item, weight, n_real):
     def add_chunk(index, total):
-        rows, items = _slot_chunk(row, index), _slot_chunk(item, index)
+        rows, items = sparse_layer.slot_chunk(row, index), sparse_layer.slot_chunk(item, index)
         logits = jnp.sum(h[rows].astype(jnp.float32) * kernel[:, items].T.astype(jnp.float32), axis=1) + bias[items]
-        return total.at[rows].add(_slot_chunk(weight, index) * logits)
+        return total.at[rows].add(sparse_layer.slot_chunk(weight, index) * logits)
 
-    n_chunks = (n_real + sparse_layer.CHUNK - 1) // sparse_layer.CHUNK
+    n_chunks = sparse_layer.n_slot_chunks(n_real)
     return jax.lax.fori_loop(0, n_chunks, add_chunk, _varying(jnp.zeros((h.shape[0],), jnp.float32)))
 
 
@@ -230,14 +221,14 @@ def _local_positive_logits_bwd(residuals, cotangent):
 
     def add_chunk(index, gradients):
         h_gradient, kernel_gradient, bias_gradient = gradients
-        rows, items = _slot_chunk(row, index), _slot_chunk(item, index)
-        coefficient = _slot_chunk(weight, index) * cotangent[rows]  # [slots]
+        rows, items = sparse_layer.slot_chunk(row, index), sparse_layer.slot_chunk(item, index)
+        coefficient = sparse_layer.slot_chunk(weight, index) * cotangent[rows]  # [slots]
         h_gradient = h_gradient.at[rows].add((coefficient[:, None] * kernel[:, items].T).astype(h.dtype))
         kernel_gradient = kernel_gradient.at[:, items].add((coefficient[None, :] * h[rows].T).astype(kernel.dtype))
         bias_gradient = bias_gradient.at[items].add(coefficient.astype(bias.dtype))
         return h_gradient, kernel_gradient, bias_gradient
 
-    n_chunks = (n_real + sparse_layer.CHUNK - 1) // sparse_layer.CHUNK
+    n_chunks = sparse_layer.n_slot_chunks(n_real)
     initial = _varying((jnp.zeros(h.shape, h.dtype), jnp.zeros(kernel.shape, kernel.dtype), jnp.zeros(bias.shape, bias.dtype)))
     h_gradient, kernel_gradient, bias_gradient = jax.lax.fori_loop(0, n_chunks, add_chunk, initial)
     return h_gradient, kernel_gradient, bias_gradient, None, None, jnp.zeros_like(weight), None

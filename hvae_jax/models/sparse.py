@@ -15,6 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from hvae_jax.data.batches import BatchSlots
+
 CHUNK = 2048
 
 
@@ -34,11 +36,11 @@ class SparseInput(NamedTuple):
     n_real: jax.Array
 
 
-def _n_chunks(n_real: jax.Array) -> jax.Array:
+def n_slot_chunks(n_real: jax.Array) -> jax.Array:
     return (n_real + CHUNK - 1) // CHUNK
 
 
-def _chunk(array: jax.Array, index: jax.Array) -> jax.Array:
+def slot_chunk(array: jax.Array, index: jax.Array) -> jax.Array:
     return jax.lax.dynamic_slice_in_dim(array, index * CHUNK, CHUNK)
 
 
@@ -58,12 +60,12 @@ def project(kernel: jax.Array, sparse: SparseInput, n_rows: int) -> jax.Array:
 
 def _project_forward(kernel, sparse: SparseInput, n_rows: int):
     def add_chunk(index, total):
-        contribution = _chunk(sparse.value, index)[:, None] * kernel[_chunk(sparse.item, index)]
-        return total.at[_chunk(sparse.row, index)].add(contribution)
+        contribution = slot_chunk(sparse.value, index)[:, None] * kernel[slot_chunk(sparse.item, index)]
+        return total.at[slot_chunk(sparse.row, index)].add(contribution)
 
     # zeros_like keeps the kernel's sharding type, so the loop also runs inside shard_map (models/item_sharded.py).
     initial = jnp.zeros_like(kernel, shape=(n_rows, kernel.shape[1]))
-    return jax.lax.fori_loop(0, _n_chunks(sparse.n_real), add_chunk, initial)
+    return jax.lax.fori_loop(0, n_slot_chunks(sparse.n_real), add_chunk, initial)
 
 
 def _project_fwd(kernel, sparse, n_rows):
@@ -75,11 +77,11 @@ def _project_bwd(n_rows, residuals, output_cotangent):
     kernel, sparse = residuals
 
     def add_chunk(index, gradient):
-        contribution = _chunk(sparse.value, index)[:, None] * output_cotangent[_chunk(sparse.row, index)]
-        return gradient.at[_chunk(sparse.item, index)].add(contribution)
+        contribution = slot_chunk(sparse.value, index)[:, None] * output_cotangent[slot_chunk(sparse.row, index)]
+        return gradient.at[slot_chunk(sparse.item, index)].add(contribution)
 
     kernel_gradient = jax.lax.fori_loop(
-        0, _n_chunks(sparse.n_real), add_chunk, jnp.zeros_like(kernel)
+        0, n_slot_chunks(sparse.n_real), add_chunk, jnp.zeros_like(kernel)
     )
     zero_input = SparseInput(None, None, jnp.zeros_like(sparse.value), None)
     return kernel_gradient, zero_input
@@ -91,3 +93,13 @@ project.defvjp(_project_fwd, _project_bwd)
 def padded_slots(max_nnz: int) -> int:
     """The static slot count for a batch bound `max_nnz`: rounded up to whole chunks."""
     return max(CHUNK, -(-max_nnz // CHUNK) * CHUNK)
+
+
+def sparse_input_from_slots(slots: BatchSlots, dropout_rate: float, *, key: jax.Array | None = None) -> SparseInput:
+    """Liang et al.'s input transform on slots: L2-normalise each row (1 / sqrt(n) for n binary items), then
+    inverted dropout drawn per interaction (no key needed when `dropout_rate` is 0)."""
+    value = slots.is_real.astype(jnp.float32) * jax.lax.rsqrt(jnp.maximum(slots.lengths[slots.row], 1).astype(jnp.float32))
+    if dropout_rate > 0:
+        keep = jax.random.bernoulli(key, 1.0 - dropout_rate, value.shape)
+        value = jnp.where(keep, value / (1.0 - dropout_rate), 0.0)
+    return SparseInput(slots.row, slots.item, value, slots.n_real)
