@@ -52,7 +52,8 @@ class RunSettings:
       workdir: where everything is written.
       ks: metric cut-offs.
       iw_samples: report the importance-weighted bound with this many samples (0: not at all).
-      devices: train data-parallel over this many devices; 0 means every device JAX sees.
+      devices: train data-parallel over this many devices; 0 means every device JAX sees (as does 1 with
+        `distributed`, so that the processes train one model together).
       distributed: join a multi-host run first (`parallel.initialize_distributed`).
       item_shards: split the model's n_items-wide layers over this many devices and score items in chunks
         (`large_catalogue.py`, for catalogues too large for dense logits); 0: off, -1: every device.
@@ -133,8 +134,13 @@ def resolve_data(settings: RunSettings) -> tuple[str, Callable[[], Interactions]
     return path.name if path.is_dir() else path.stem, lambda: _read(str(path), settings), {}
 
 
-def load_split(settings: RunSettings, log: Callable[[str], None] = print) -> tuple[Split, str]:
-    """The split for `settings`, reused from `workdir` when it was made with the same settings."""
+def load_split(
+    settings: RunSettings, log: Callable[[str], None] = print, *, shared_files: bool = True
+) -> tuple[Split, str]:
+    """The split for `settings`, reused from `workdir` when it was made with the same settings.
+
+    `shared_files=False` (the other processes of a multi-host run) makes the split without reading or writing the
+    saved copy, which the first process owns; the split is a deterministic function of the settings."""
     key = splits_lib.fingerprint(
         data=settings.data, format=settings.format, min_rating=settings.min_rating, protocol=settings.protocol,
         heldout_users=settings.heldout_users, train=settings.train_file, valid=settings.valid_file,
@@ -142,7 +148,7 @@ def load_split(settings: RunSettings, log: Callable[[str], None] = print) -> tup
     )
     directory = pathlib.Path(settings.workdir)
     label, loader, _ = resolve_data(settings)
-    split = splits_lib.load_split(directory, key)
+    split = splits_lib.load_split(directory, key) if shared_files else None
     if split is not None:
         log(f"reusing the split saved in {directory / 'split.npz'}")
         return split, label
@@ -162,7 +168,8 @@ def load_split(settings: RunSettings, log: Callable[[str], None] = print) -> tup
         raise ValueError(f"unknown protocol {settings.protocol!r}; expected 'strong' or 'given'")
     for note in split.notes:
         log(f"note: {note}")
-    splits_lib.save_split(split, directory, key)
+    if shared_files:
+        splits_lib.save_split(split, directory, key)
     return split, label
 
 
@@ -271,23 +278,32 @@ def run(
     """Trains / fits the model, evaluates it and popularity, writes `workdir/results.json` and returns it."""
     workdir = pathlib.Path(settings.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    split, label = load_split(settings, log)
+    primary = True
+    if settings.distributed:
+        from hvae_jax import parallel
+
+        # Before anything touches a JAX backend. Every process runs the same program; only the first writes the
+        # workdir's files (orbax coordinates the checkpoints itself).
+        parallel.initialize_distributed()
+        primary = jax.process_index() == 0
+    split, label = load_split(settings, log, shared_files=primary)
     side = load_side_features(settings, split)
     stats = split.statistics()
     log(
         f"{label}: {stats['train']['users']} training users, {stats['n_items']} items, "
         f"{stats['train']['interactions']} training interactions"
     )
-    (workdir / "config.json").write_text(
-        json.dumps(
-            {
-                "settings": dataclasses.asdict(settings),
-                "model": dataclasses.asdict(model_config),
-                "train": dataclasses.asdict(train_config),
-            },
-            indent=2,
+    if primary:
+        (workdir / "config.json").write_text(
+            json.dumps(
+                {
+                    "settings": dataclasses.asdict(settings),
+                    "model": dataclasses.asdict(model_config),
+                    "train": dataclasses.asdict(train_config),
+                },
+                indent=2,
+            )
         )
-    )
     results: dict = {
         "model": model_label(model_config),
         "dataset": label,
@@ -301,11 +317,11 @@ def run(
         from hvae_jax import parallel
         from hvae_jax.train import fit
 
-        if settings.distributed:
-            parallel.initialize_distributed()
         mesh = None
-        if settings.devices != 1:
-            mesh = parallel.data_parallel_mesh(None if settings.devices == 0 else settings.devices)
+        # A multi-host run trains over every process's devices; one device would leave each process on its own.
+        n_devices = 0 if settings.distributed and settings.devices == 1 else settings.devices
+        if n_devices != 1:
+            mesh = parallel.data_parallel_mesh(None if n_devices == 0 else n_devices)
             log(f"data-parallel over {mesh.devices.size} devices")
         fitted = fit(model_config, train_config, split, workdir, side_features=side, ks=settings.ks, progress=progress,
                      mesh=mesh, log=log, **catalogue_options(settings))
@@ -340,7 +356,8 @@ def run(
                        train_users_per_second=split.train.shape[0] / seconds if seconds > 0 else 0.0)
     if model_config.kind != "popularity":
         results["baselines"] = {"popularity": popularity_results(split)}
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    if primary:
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 

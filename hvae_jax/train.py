@@ -261,7 +261,8 @@ def fit(
         start_epoch = record["epoch"] + 1
         resumed_from = record["epoch"]
         log(f"resuming from epoch {record['epoch']} (update {int(state.step)}) in {workdir}")
-    metrics_log = MetricsLog(workdir, resume_epoch=resumed_from)
+    # In a multi-host run every process trains; the first one alone writes the log.
+    metrics_log = MetricsLog(workdir, resume_epoch=resumed_from) if jax.process_index() == 0 else None
     if mesh is not None:
         state = jax.device_put(state, parallel.replicated(mesh))
     best_params = state.params
@@ -332,7 +333,8 @@ def fit(
                 best["stopped_early"] = True
                 log(f"early stopping after epoch {epoch}: no validation improvement in {train.early_stopping} epochs")
         history.append(row)
-        metrics_log.write(row)
+        if metrics_log is not None:
+            metrics_log.write(row)
         checkpoints.save("latest", epoch, state, {"epoch": epoch, "best": best, "history": history})
         epochs_done += 1
         postfix = {"loss": f"{loss:.2f}", "beta": f"{row['beta']:.3f}"}
@@ -341,7 +343,8 @@ def fit(
         bar.set_postfix(postfix)
         bar.update(1)
     bar.close()
-    metrics_log.close()
+    if metrics_log is not None:
+        metrics_log.close()
     checkpoints.close()
 
     if split.valid is None or best["validation"] is None:

@@ -1,5 +1,6 @@
 """Data-parallel training over forced host devices and vmapped ensembles equal their one-device, one-model runs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -89,3 +90,45 @@ def test_data_parallel_on_four_forced_devices_equals_one_device(tmp_path):
     assert report["max_difference"] < 1e-5
     np.testing.assert_allclose(report["losses_one"], report["losses_four"], rtol=1e-5)
     assert abs(report["valid_one"] - report["valid_four"]) < 1e-4
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+TRAIN_ARGS = ["train", "--epochs", "2", "--latents", "8", "--hidden", "16", "--no-progress", "--devices", "0"]
+RUN_CLI = "import sys; from hvae_jax.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
+    """The README's multi-host recipe, run as two CPU processes on this host (one device each)."""
+    base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    base["JAX_PLATFORMS"] = "cpu"
+    distributed_dir = tmp_path / "two_processes"
+    env = dict(base, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES="2")
+    processes = [
+        subprocess.Popen([sys.executable, "-c", RUN_CLI, *TRAIN_ARGS, "--distributed", "on", "--workdir",
+                          str(distributed_dir)], env=dict(env, JAX_PROCESS_ID=str(index)),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in (0, 1)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+    single_dir = tmp_path / "one_process"
+    completed = subprocess.run(
+        [sys.executable, "-c", RUN_CLI, *TRAIN_ARGS, "--workdir", str(single_dir)],
+        env=dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=2"), capture_output=True, text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    distributed = json.loads((distributed_dir / "results.json").read_text())
+    single = json.loads((single_dir / "results.json").read_text())
+    for part in ("valid", "test"):
+        np.testing.assert_allclose(distributed[part]["ndcg@100"], single[part]["ndcg@100"], atol=1e-6)
+    # Only the first process writes the log: one line per epoch, not one per process.
+    assert len((distributed_dir / "metrics.jsonl").read_text().splitlines()) == 2
