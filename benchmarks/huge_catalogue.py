@@ -165,7 +165,9 @@ def main() -> None:
     dense_logits = args.batch_size * args.items * 4
     report = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"CPU host, {os.cpu_count()} cores, {len(jax.devices())} forced host devices sharing its memory",
+        "machine": (f"CPU host, {os.cpu_count()} cores, {len(jax.devices())} forced host devices sharing its memory"
+                    if jax.devices()[0].platform == "cpu"
+                    else f"{len(jax.devices())} x {jax.devices()[0].device_kind}"),
         "command": "python -m benchmarks.huge_catalogue " + " ".join(sys.argv[1:]),
         "model": f"Mult-VAE [I-{args.hidden}-{args.latent}-{args.hidden}-I], multinomial, Adam",
         "n_items": args.items,
