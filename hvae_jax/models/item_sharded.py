@@ -229,7 +229,7 @@ def _local_positive_logits_bwd(residuals, cotangent):
         return h_gradient, kernel_gradient, bias_gradient
 
     n_chunks = sparse_layer.n_slot_chunks(n_real)
-    initial = _varying((jnp.zeros(h.shape, h.dtype), jnp.zeros(kernel.shape, kernel.dtype), jnp.zeros(bias.shape, bias.dtype)))
+    initial = _varying(tuple(jnp.zeros(a.shape, a.dtype) for a in (h, kernel, bias)))
     h_gradient, kernel_gradient, bias_gradient = jax.lax.fori_loop(0, n_chunks, add_chunk, initial)
     return h_gradient, kernel_gradient, bias_gradient, None, None, jnp.zeros_like(weight), None
 
