@@ -169,9 +169,11 @@ def run_jax(spec: RunSpec, train_matrix: sp.csr_matrix) -> Measurement:
 def _run_jax_eval(spec: RunSpec, model, init_key) -> Measurement:
     import jax
 
+    from hvae_jax.configs import TrainConfig
     from hvae_jax.data.splits import EvalSet
     from hvae_jax.evaluate import evaluate, neural_eval_step
     from hvae_jax.models.hvae import init_params
+    from hvae_jax.train import resolve_input_path
 
     fold_in, heldout = load_csr(spec.eval_path, "fold_in"), load_csr(spec.eval_path, "heldout")
     n_users = spec.updates * spec.batch_size
@@ -179,7 +181,9 @@ def _run_jax_eval(spec: RunSpec, model, init_key) -> Measurement:
     # Strong generalization: the exclusions are the fold-in items, the same matrix object (the library keys on it).
     eval_set = EvalSet(fold_in, heldout[:n_users], fold_in, np.arange(n_users).astype(str))
     params = init_params(model, key=init_key)
-    eval_step = neural_eval_step(model, ks=(100,))
+    # The first layer is fed as `fit` would train and evaluate this data: sparse below 1% density.
+    input_path = resolve_input_path(TrainConfig(), fold_in)
+    eval_step = neural_eval_step(model, ks=(100,), input_path=input_path)
 
     def run_once(repeat: int) -> None:
         jax.block_until_ready(evaluate(eval_step, params, eval_set, batch_size=spec.batch_size))
@@ -191,7 +195,8 @@ def _run_jax_eval(spec: RunSpec, model, init_key) -> Measurement:
     return Measurement(
         _median_rate(seconds, n_users), seconds, max(first_call - statistics.median(seconds), 0.0), n_users,
         notes=["hvae_jax.evaluate.evaluate (the whole call: CSR to the device, per batch densify + scores + top-100 "
-               "+ metrics, summary); compile_seconds = first call - median call"],
+               "+ metrics, summary); compile_seconds = first call - median call",
+               f"jax eval input_path: {input_path} (as fit resolves 'auto')"],
     )
 
 

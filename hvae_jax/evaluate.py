@@ -13,8 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hvae_jax import metrics
-from hvae_jax.data.batches import densify, host_dense_rows, max_batch_nnz, to_device
+from hvae_jax.data.batches import BatchSlots, batch_slots, densify, host_dense_rows, max_batch_nnz, to_device
 from hvae_jax.data.splits import EvalSet
+from hvae_jax.models import sparse as sparse_layer
+from hvae_jax.models.hvae import first_layer_kernels
+from hvae_jax.models.layers import Projected
 
 DEFAULT_KS = (10, 20, 50, 100)
 
@@ -42,17 +45,37 @@ def model_scorer(model: nn.Module, params) -> Scorer:
     return score
 
 
-def make_eval_step(score_fn: Callable, ks: Sequence[int]) -> Callable:
+def sparse_model_scorer(model: nn.Module, params) -> Callable:
+    """`model_scorer` for fold-in given as slots: the first layer is the gather-and-sum of `models/sparse.py` over
+    each user's items (same scores, no dense input row)."""
+
+    def score(fold_in: BatchSlots, side: jax.Array | None) -> jax.Array:
+        n_rows = fold_in.lengths.shape[0]
+        sparse_input = sparse_layer.sparse_input_from_slots(fold_in, 0.0)  # normalised, no dropout
+        kernels = first_layer_kernels(model.config, params)
+        project = lambda kernel: sparse_layer.project(kernel, sparse_input, n_rows)  # noqa: E731
+        projection = Projected(project(kernels.linear), None if kernels.gate is None else project(kernels.gate))
+        one_user = lambda p, s: model.apply({"params": params}, None, s, None, p).logits  # noqa: E731
+        return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(projection, side)
+
+    return score
+
+
+def make_eval_step(score_fn: Callable, ks: Sequence[int], fold_in_as_slots: bool = False) -> Callable:
     """One jitted call: densify a batch of rows on the device, score, exclude, top-K and per-user metrics.
 
     `score_fn(state, fold_in, side)` receives whatever `state` is passed (parameters, EASE weights), so the
-    compiled step is reused across epochs instead of being rebuilt around new parameters.
+    compiled step is reused across epochs instead of being rebuilt around new parameters. The fold-in arrives as
+    dense [batch, n_items] rows, or with `fold_in_as_slots` as `BatchSlots` (for `sparse_model_scorer`).
     """
     ks = tuple(ks)
 
     @functools.partial(jax.jit, static_argnames=("n_items", "bounds"))
     def eval_step(state, rows, fold_in, exclude, heldout, side, *, n_items, bounds):
-        fold_in_rows = densify(fold_in, rows, n_items, bounds[0])
+        if fold_in_as_slots:
+            fold_in_rows = batch_slots(fold_in, rows, sparse_layer.padded_slots(bounds[0]))
+        else:
+            fold_in_rows = densify(fold_in, rows, n_items, bounds[0])
         exclude_rows = densify(exclude, rows, n_items, bounds[1])
         heldout_rows = densify(heldout, rows, n_items, bounds[2])
         side_rows = None if side is None else side[jnp.maximum(rows, 0)]
@@ -102,8 +125,14 @@ def evaluate(
     return metrics.summarize(metrics.concat_per_user(per_batch))
 
 
-def neural_eval_step(model: nn.Module, ks: Sequence[int] = DEFAULT_KS) -> Callable:
-    """`make_eval_step` for a Flax model whose state is its parameters."""
+def neural_eval_step(model: nn.Module, ks: Sequence[int] = DEFAULT_KS, input_path: str = "dense") -> Callable:
+    """`make_eval_step` for a Flax model whose state is its parameters; `input_path` "sparse" feeds the first layer
+    by gather-and-sum over the fold-in items (as training's sparse path) instead of a dense matmul."""
+    if input_path == "sparse":
+        return make_eval_step(lambda params, fold_in, side: sparse_model_scorer(model, params)(fold_in, side), ks,
+                              fold_in_as_slots=True)
+    if input_path != "dense":
+        raise ValueError(f"input_path must be 'dense' or 'sparse' here, got {input_path!r}")
     return make_eval_step(lambda params, fold_in, side: model_scorer(model, params)(fold_in, side), ks)
 
 

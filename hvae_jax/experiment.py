@@ -89,10 +89,13 @@ def catalogue_options(settings: RunSettings) -> dict:
     return {"catalogue_mesh": mesh, "logits_budget_bytes": int(settings.logits_budget_mb * 2**20)}
 
 
-def neural_evaluator(model, settings: RunSettings, catalogue=None):
-    """The evaluation step of a neural model: dense scoring, or the chunked item-sharded top-K of `catalogue`."""
+def neural_evaluator(model, settings: RunSettings, train_config: TrainConfig, split: Split, catalogue=None):
+    """The evaluation step of a neural model: its first layer fed as in training (dense or sparse, `fit`'s choice),
+    or the chunked item-sharded top-K of `catalogue`."""
     if catalogue is None:
-        return neural_eval_step(model, settings.ks)
+        from hvae_jax.train import resolve_input_path
+
+        return neural_eval_step(model, settings.ks, input_path=resolve_input_path(train_config, split.train))
     from hvae_jax import large_catalogue
 
     return large_catalogue.make_eval_step(model, catalogue, settings.ks)
@@ -325,7 +328,7 @@ def run(
             log(f"data-parallel over {mesh.devices.size} devices")
         fitted = fit(model_config, train_config, split, workdir, side_features=side, ks=settings.ks, progress=progress,
                      mesh=mesh, log=log, **catalogue_options(settings))
-        evaluator = neural_evaluator(fitted.model, settings, fitted.catalogue)
+        evaluator = neural_evaluator(fitted.model, settings, train_config, split, fitted.catalogue)
         results.update(_evaluate_both(evaluator, fitted.best_params, split, side))
         results.update(
             epochs=fitted.epochs_run,
@@ -374,8 +377,8 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, log: Callable[[str], None] 
     if split is None:
         raise FileNotFoundError(f"no saved split in {workdir}")
     previous = json.loads((workdir / "results.json").read_text()) if (workdir / "results.json").exists() else {}
+    train_config = TrainConfig(**_tuples(config["train"]))
     if model_config.kind not in ("vae", "dae"):
-        train_config = TrainConfig(**_tuples(config["train"]))
         return run(settings, model_config, train_config, progress=False, log=log)
     side = load_side_features(settings, split)
     catalogue = None
@@ -383,7 +386,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, log: Callable[[str], None] 
         from hvae_jax import large_catalogue
 
         options = catalogue_options(settings)
-        batch_size = min(TrainConfig(**_tuples(config["train"])).batch_size, split.train.shape[0])
+        batch_size = min(train_config.batch_size, split.train.shape[0])
         catalogue = large_catalogue.plan(split.n_items, batch_size, options["logits_budget_bytes"],
                                          options["catalogue_mesh"], settings.ks)
     model = build_model(model_config, split.n_items if catalogue is None else catalogue.layout.n_padded)
@@ -403,7 +406,8 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, log: Callable[[str], None] 
     results = dict(previous)
     if catalogue is not None:
         params = large_catalogue.shard_params(model_config, params, catalogue)
-    results.update(_evaluate_both(neural_evaluator(model, settings, catalogue), params, split, side))
+    evaluator = neural_evaluator(model, settings, train_config, split, catalogue)
+    results.update(_evaluate_both(evaluator, params, split, side))
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

@@ -242,7 +242,10 @@ def fit(
     if mesh is not None:
         parallel.check_batch_size(batch_size, mesh)
         matrix, train_side = jax.device_put((matrix, train_side), parallel.replicated(mesh))
-    eval_step = neural_eval_step(model, ks) if catalogue is None else large_catalogue.make_eval_step(model, catalogue, ks)
+    if catalogue is None:
+        eval_step = neural_eval_step(model, ks, input_path=train.input_path)
+    else:
+        eval_step = large_catalogue.make_eval_step(model, catalogue, ks)
     means_step = make_means_step(model) if model_config.kind == "vae" and catalogue is None else None
 
     checkpoints = Checkpoints(workdir)

@@ -100,3 +100,24 @@ def test_auto_input_path_follows_density():
     assert resolve_input_path(TrainConfig(), _matrix(density=0.005)) == "sparse"
     assert resolve_input_path(TrainConfig(), _matrix(density=0.05)) == "dense"
     assert resolve_input_path(TrainConfig(input_path="dense"), _matrix(density=0.005)) == "dense"
+
+
+@pytest.mark.parametrize("config", [ModelConfig(latents=(8,), hidden=16), ModelConfig(kind="dae", dae_latent=8),
+                                    ModelConfig(latents=(8, 4), hidden=16, gated=True)],
+                         ids=["multvae", "multdae", "two_level_gated"])
+def test_sparse_evaluation_equals_dense_evaluation(config):
+    from hvae_jax.data.splits import EvalSet
+    from hvae_jax.evaluate import evaluate, neural_eval_step
+
+    fold_in = _matrix(n_rows=90, density=0.05, seed=2)
+    heldout = _matrix(n_rows=90, density=0.02, seed=3)
+    heldout = (heldout - heldout.multiply(fold_in)).tocsr()
+    heldout.eliminate_zeros()
+    eval_set = EvalSet(fold_in=fold_in, heldout=heldout, exclude=fold_in, user_ids=np.arange(90))
+    model = build_model(config, fold_in.shape[1])
+    params = create_state(model, optax.adam(1e-3), 0, key=jax.random.key(4)).params
+    dense = evaluate(neural_eval_step(model), params, eval_set, batch_size=32)
+    sparse = evaluate(neural_eval_step(model, input_path="sparse"), params, eval_set, batch_size=32)
+    assert dense.keys() == sparse.keys()
+    for name, value in dense.items():
+        np.testing.assert_allclose(sparse[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
