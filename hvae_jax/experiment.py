@@ -329,6 +329,10 @@ def run(
         fitted = fit(model_config, train_config, split, workdir, side_features=side, ks=settings.ks, progress=progress,
                      mesh=mesh, log=log, **catalogue_options(settings))
         evaluator = neural_evaluator(fitted.model, settings, train_config, split, fitted.catalogue)
+        if fitted.catalogue is not None:
+            # The model is built at the padded size; re-evaluation and recommendations rebuild it from this.
+            layout = fitted.catalogue.layout
+            results["catalogue_layout"] = dict(layout._asdict(), n_padded=layout.n_padded)
         results.update(_evaluate_both(evaluator, fitted.best_params, split, side))
         results.update(
             epochs=fitted.epochs_run,
@@ -389,6 +393,13 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, log: Callable[[str], None] 
         batch_size = min(train_config.batch_size, split.train.shape[0])
         catalogue = large_catalogue.plan(split.n_items, batch_size, options["logits_budget_bytes"],
                                          options["catalogue_mesh"], settings.ks)
+        trained = previous.get("catalogue_layout")
+        if trained is not None and trained["n_padded"] != catalogue.layout.n_padded:
+            raise ValueError(
+                f"{workdir} was trained with its catalogue padded to {trained['n_padded']} items over "
+                f"{trained['n_shards']} devices; here it would be {catalogue.layout.n_padded} over "
+                f"{catalogue.layout.n_shards}: evaluate with as many devices (--item-shards) as training had"
+            )
     model = build_model(model_config, split.n_items if catalogue is None else catalogue.layout.n_padded)
     n_side = 0 if side is None else side["train"].shape[1]
     abstract = abstract_like(jax.eval_shape(lambda: init_params(model, n_side, key=jax.random.key(0))))

@@ -45,10 +45,17 @@ class Recommendation(NamedTuple):
 ScoreFn = Callable[[Any, jax.Array, jax.Array | None], jax.Array]
 
 
+def _padded_input(model: nn.Module, x: jax.Array) -> jax.Array:
+    """x [batch, n_items] widened with zero columns to the model's catalogue (an item-sharded run's model is built
+    at the padded size `CatalogueLayout.n_padded`; its padding items are never inputs)."""
+    return jnp.pad(x, ((0, 0), (0, model.n_items - x.shape[1])))
+
+
 def _neural_scores(model: nn.Module) -> ScoreFn:
     def scores(params, x, side):
         one_user = lambda x_u, s_u: model.apply({"params": params}, x_u, s_u, None).logits  # noqa: E731
-        return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(x, side)
+        logits = jax.vmap(one_user, in_axes=(0, None if side is None else 0))(_padded_input(model, x), side)
+        return logits[:, : x.shape[1]]  # the padding items of an item-sharded run are never recommended
 
     return scores
 
@@ -78,7 +85,7 @@ def _make_posterior_means(model: nn.Module) -> Callable:
 
     def means(params, x, side):
         one_user = lambda x_u, s_u: model.apply({"params": params}, x_u, s_u, None).means  # noqa: E731
-        return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(x, side)
+        return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(_padded_input(model, x), side)
 
     return jax.jit(means)
 
@@ -142,6 +149,16 @@ def _restore_params(workdir: pathlib.Path, model: nn.Module, n_side: int):
     if jax.tree.structure(expected) != jax.tree.structure(found) or expected != found:
         raise ValueError(f"the latest checkpoint in {checkpoint_dir} does not match the model in config.json")
     return jax.tree.map(jnp.asarray, params)
+
+
+def _padded_catalogue_size(workdir: pathlib.Path) -> int:
+    """The catalogue size an item-sharded run's model was built at, as its results.json records it."""
+    results_path = workdir / "results.json"
+    layout = json.loads(results_path.read_text()).get("catalogue_layout") if results_path.exists() else None
+    if layout is None:
+        raise FileNotFoundError(f"{results_path} does not record the run's catalogue layout: the item-sharded run "
+                                "did not finish, so the padded size of its model is unknown")
+    return int(layout["n_padded"])
 
 
 def _ease_lambda(workdir: pathlib.Path) -> float:
@@ -211,11 +228,9 @@ class Recommender:
         n_side = 0
         means = None
         if model_config.kind in NEURAL_KINDS:
+            model_items = len(item_ids)
             if settings.get("item_shards"):
-                raise ValueError(
-                    f"{workdir} was trained with --item-shards (a padded, item-sharded catalogue); `hvae recommend` "
-                    "does not serve such runs yet: use hvae_jax.large_catalogue.top_items in a script"
-                )
+                model_items = _padded_catalogue_size(workdir)
             if settings.get("user_features"):
                 from hvae_jax.data.features import read_user_features
 
@@ -226,7 +241,7 @@ class Recommender:
                         f"the run was trained with --user-features {settings['user_features']}, which is needed to "
                         f"rebuild the model: {error}"
                     ) from None
-            model = build_model(model_config, len(item_ids))
+            model = build_model(model_config, model_items)
             state = _restore_params(workdir, model, n_side)
             score_fn = _neural_scores(model)
             if model_config.kind == "vae":
@@ -400,7 +415,7 @@ class Recommender:
     def item_embeddings(self) -> np.ndarray:
         """[n_items, hidden] item vectors: the decoder's output kernel transposed (row i scores item i)."""
         self._require_neural("item embeddings")
-        return np.asarray(self.state["decoder_output"]["kernel"]).T
+        return np.asarray(self.state["decoder_output"]["kernel"]).T[: self.n_items]
 
     def latents_of_matrix(self, matrix: sp.csr_matrix, *, side_features: np.ndarray | None = None) -> list[np.ndarray]:
         """Posterior means of every level for the rows of a binary [n_users, n_items] matrix (bottom level first)."""
