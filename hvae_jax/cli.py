@@ -80,6 +80,8 @@ TRAIN_FLAGS = (
     Flag("--batch-size", "train", "batch_size", int, "users per update (500)"),
     Flag("--lr", "train", "learning_rate", float, "Adam learning rate (1e-3)"),
     Flag("--weight-decay", "train", "weight_decay", float, "L2 weight lam * ||W||^2"),
+    Flag("--average-decay", "train", "average_decay", float,
+         "validate and report an exponential moving average of the parameters with this decay (0: off)"),
     Flag("--beta-cap", "train", "beta_cap", float, "largest KL weight (0.2)"),
     Flag("--anneal-steps", "train", "total_anneal_steps", _optional_int, "updates for beta to reach its cap"),
     Flag("--anneal-epochs", "train", "anneal_epochs", _optional_int, "epochs for beta to reach its cap (default all)"),

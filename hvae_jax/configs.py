@@ -86,6 +86,8 @@ class TrainConfig:
       eval_every: validate every this many epochs.
       steps_per_dispatch: updates fused into one jitted lax.scan call.
       seed: the run's seed; params, shuffling and noise all derive from it.
+      average_decay: keep an exponential moving average of the parameters, avg <- d avg + (1 - d) params after
+        every update (Polyak averaging), and validate, keep and report the averaged parameters; 0 disables.
       input_path: "dense" multiplies the dense [batch, n_items] input by the first layer; "sparse" gathers and sums
         the kernel rows of each user's items (same maths, far fewer FLOPs on large catalogues; the dropout mask is
         drawn per interaction instead of per item of the catalogue, so the random stream differs); "auto" picks
@@ -105,6 +107,7 @@ class TrainConfig:
     eval_every: int = 1
     steps_per_dispatch: int = 64
     seed: int = 98765
+    average_decay: float = 0.0
     input_path: Literal["auto", "dense", "sparse"] = "auto"
 
     def __post_init__(self):
@@ -112,6 +115,8 @@ class TrainConfig:
             raise ValueError("epochs must be >= 0, batch_size and learning_rate > 0")
         if self.input_path not in ("auto", "dense", "sparse"):
             raise ValueError(f"input_path must be 'auto', 'dense' or 'sparse', got {self.input_path!r}")
+        if not 0.0 <= self.average_decay < 1.0:
+            raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
         if self.steps_per_dispatch <= 0 or self.eval_every <= 0:
             raise ValueError("steps_per_dispatch and eval_every must be positive")
 

@@ -66,6 +66,39 @@ def total_anneal_steps(train: TrainConfig, steps_per_epoch: int) -> int:
     return max(1, epochs * steps_per_epoch)
 
 
+class ParameterAverage(NamedTuple):
+    """The optimizer state of `parameter_average`: the running average of the parameters."""
+
+    average: Any
+
+
+def parameter_average(decay: float) -> optax.GradientTransformation:
+    """An optax transformation that passes updates through unchanged and keeps avg <- decay avg + (1 - decay) p of
+    the parameters p after each update. Chained last, its state holds the averaged parameters, so checkpoints and
+    exact resumption carry it like any optimizer state."""
+
+    def init(params):
+        return ParameterAverage(jax.tree.map(jnp.copy, params))
+
+    def update(updates, state, params):
+        new_params = optax.apply_updates(params, updates)
+        average = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, state.average, new_params)
+        return updates, ParameterAverage(average)
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
+    """Adam at `train.learning_rate`, followed by `parameter_average` when `train.average_decay` is set."""
+    adam = optax.adam(train.learning_rate)
+    return optax.chain(adam, parameter_average(train.average_decay)) if train.average_decay else adam
+
+
+def evaluation_params(train: TrainConfig, state: "TrainState"):
+    """The parameters to validate and report: the running average when `train.average_decay` is set."""
+    return state.opt_state[1].average if train.average_decay else state.params
+
+
 def create_state(model: nn.Module, optimizer: optax.GradientTransformation, n_side_features: int, *, key) -> TrainState:
     params = init_params(model, n_side_features, key=key)
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
@@ -223,7 +256,7 @@ def fit(
         log(f"item-sharded catalogue: {layout.n_items} items padded to {layout.n_padded}, {layout.n_shards} devices "
             f"x {layout.chunks_per_shard} chunks of {layout.chunk}")
     model = build_model(model_config, split.n_items if catalogue is None else catalogue.layout.n_padded)
-    optimizer = optax.adam(train.learning_rate)
+    optimizer = make_optimizer(train)
     keys = run_keys(train.seed)
     side = side_features or {}
     n_side = 0 if side.get("train") is None else side["train"].shape[1]
@@ -318,16 +351,17 @@ def fit(
             "train_seconds": seconds,
         }
         if split.valid is not None and (epoch % train.eval_every == 0 or epoch == train.epochs):
-            validation = evaluate(eval_step, state.params, split.valid, side_features=side.get("valid"))
+            params = evaluation_params(train, state)
+            validation = evaluate(eval_step, params, split.valid, side_features=side.get("valid"))
             row["valid"] = validation
             if means_step is not None:
                 # Burda et al.'s active units per level, every validated epoch, so posterior collapse shows.
-                level_means = posterior_means(model, state.params, split.valid, side.get("valid"), means_step=means_step)
+                level_means = posterior_means(model, params, split.valid, side.get("valid"), means_step=means_step)
                 row["active_units"] = [active_units(means) for means in level_means]
             if validation[VALIDATION_METRIC] > best["metric"]:
                 best.update(epoch=epoch, validation=validation, metric=validation[VALIDATION_METRIC])
                 best["epochs_without_improvement"] = 0
-                best_params = jax.tree.map(jnp.copy, state.params)
+                best_params = jax.tree.map(jnp.copy, params)
                 checkpoints.save("best", epoch, best_params, {"epoch": epoch, "validation": validation})
             else:
                 best["epochs_without_improvement"] += train.eval_every
@@ -351,7 +385,7 @@ def fit(
     checkpoints.close()
 
     if split.valid is None or best["validation"] is None:
-        best_params = state.params
+        best_params = evaluation_params(train, state)
     return FitResult(
         model=model,
         best_params=best_params,
@@ -398,7 +432,7 @@ def fit_ensemble(
     checkpoints or side features here: evaluate the returned members with `evaluate.evaluate`.
     """
     model = build_model(model_config, split.n_items)
-    optimizer = optax.adam(train.learning_rate)
+    optimizer = make_optimizer(train)
     n_train = split.train.shape[0]
     batch_size = min(train.batch_size, n_train)
     steps_per_epoch = math.ceil(n_train / batch_size)

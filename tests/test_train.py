@@ -177,3 +177,37 @@ def test_early_stopping_stops_and_stays_stopped(split, tmp_path):
     assert again.epochs_run == expected_stop
     assert without_timings(again.history) == without_timings(result.history)
     assert_trees_equal(again.final_params, result.final_params)
+
+
+def test_parameter_average_is_the_running_mean_validated_and_resumed_exactly(split, tmp_path):
+    import dataclasses
+
+    import jax.numpy as jnp
+    import optax
+
+    from hvae_jax.train import ParameterAverage, parameter_average
+
+    # The transformation against the formula, on a toy update sequence.
+    params = {"w": jnp.asarray([1.0, -2.0])}
+    transform = parameter_average(0.9)
+    state = transform.init(params)
+    expected = np.asarray([1.0, -2.0])
+    for step in range(3):
+        updates = {"w": jnp.asarray([0.5, 0.25]) * (step + 1)}
+        _, state = transform.update(updates, state, params)
+        params = optax.apply_updates(params, updates)
+        expected = 0.9 * expected + 0.1 * np.asarray(params["w"])
+        np.testing.assert_allclose(state.average["w"], expected, rtol=1e-6)
+    assert isinstance(state, ParameterAverage)
+
+    # In fit: the averaged parameters are what is validated and kept, and an interruption resumes exactly.
+    averaged = dataclasses.replace(TRAIN, average_decay=0.8)
+    uninterrupted = fit(MODEL, averaged, split, tmp_path / "whole", progress=False, log=lambda m: None)
+    rescored = evaluate(neural_eval_step(uninterrupted.model), uninterrupted.best_params, split.valid)
+    np.testing.assert_allclose(rescored[VALIDATION_METRIC], uninterrupted.best_validation[VALIDATION_METRIC], rtol=1e-6)
+    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(uninterrupted.final_params), jax.tree.leaves(uninterrupted.best_params))) > 1e-4
+    fit(MODEL, averaged, split, tmp_path / "cut", progress=False, stop_after_epochs=1, log=lambda m: None)
+    resumed = fit(MODEL, averaged, split, tmp_path / "cut", progress=False, log=lambda m: None)
+    assert without_timings(resumed.history) == without_timings(uninterrupted.history)
+    assert_trees_equal(resumed.best_params, uninterrupted.best_params)
