@@ -67,25 +67,34 @@ def total_anneal_steps(train: TrainConfig, steps_per_epoch: int) -> int:
 
 
 class ParameterAverage(NamedTuple):
-    """The optimizer state of `parameter_average`: the running average of the parameters."""
+    """The optimizer state of `parameter_average`: the zero-started running sum and the number of updates."""
 
-    average: Any
+    count: jax.Array
+    running: Any
 
 
 def parameter_average(decay: float) -> optax.GradientTransformation:
-    """An optax transformation that passes updates through unchanged and keeps avg <- decay avg + (1 - decay) p of
-    the parameters p after each update. Chained last, its state holds the averaged parameters, so checkpoints and
-    exact resumption carry it like any optimizer state."""
+    """An optax transformation that passes updates through unchanged and keeps an exponential moving average of the
+    parameters after each update: running <- decay running + (1 - decay) p, from zero, read out debiased as
+    running / (1 - decay^count) (as Adam debiases its moments), so the initial parameters carry no special weight.
+    Chained last, its state rides in the optimizer state, so checkpoints and exact resumption carry it."""
 
     def init(params):
-        return ParameterAverage(jax.tree.map(jnp.copy, params))
+        return ParameterAverage(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
 
     def update(updates, state, params):
         new_params = optax.apply_updates(params, updates)
-        average = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, state.average, new_params)
-        return updates, ParameterAverage(average)
+        running = jax.tree.map(lambda r, p: decay * r + (1.0 - decay) * p, state.running, new_params)
+        return updates, ParameterAverage(state.count + 1, running)
 
     return optax.GradientTransformation(init, update)
+
+
+def averaged_params(state: ParameterAverage, decay: float, params):
+    """The debiased running average of `parameter_average(decay)`'s `state`; `params` before any update."""
+    correction = 1.0 - decay ** state.count.astype(jnp.float32)
+    return jax.tree.map(lambda r, p: jnp.where(state.count > 0, r / jnp.maximum(correction, 1e-12), p),
+                        state.running, params)
 
 
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
@@ -95,8 +104,10 @@ def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
 
 
 def evaluation_params(train: TrainConfig, state: "TrainState"):
-    """The parameters to validate and report: the running average when `train.average_decay` is set."""
-    return state.opt_state[1].average if train.average_decay else state.params
+    """The parameters to validate and report: the debiased running average when `train.average_decay` is set."""
+    if not train.average_decay:
+        return state.params
+    return averaged_params(state.opt_state[1], train.average_decay, state.params)
 
 
 def create_state(model: nn.Module, optimizer: optax.GradientTransformation, n_side_features: int, *, key) -> TrainState:

@@ -185,20 +185,24 @@ def test_parameter_average_is_the_running_mean_validated_and_resumed_exactly(spl
     import jax.numpy as jnp
     import optax
 
-    from hvae_jax.train import ParameterAverage, parameter_average
+    from hvae_jax.train import averaged_params, parameter_average
 
-    # The transformation against the formula, on a toy update sequence.
+    # The transformation against the formula: weights (1 - d) d^(t - s) on the parameters after update s, divided by
+    # their sum 1 - d^t; before any update, the parameters themselves.
     params = {"w": jnp.asarray([1.0, -2.0])}
     transform = parameter_average(0.9)
     state = transform.init(params)
-    expected = np.asarray([1.0, -2.0])
+    np.testing.assert_array_equal(averaged_params(state, 0.9, params)["w"], params["w"])
+    history = []
     for step in range(3):
         updates = {"w": jnp.asarray([0.5, 0.25]) * (step + 1)}
         _, state = transform.update(updates, state, params)
         params = optax.apply_updates(params, updates)
-        expected = 0.9 * expected + 0.1 * np.asarray(params["w"])
-        np.testing.assert_allclose(state.average["w"], expected, rtol=1e-6)
-    assert isinstance(state, ParameterAverage)
+        history.append(np.asarray(params["w"]))
+        weights = np.asarray([0.1 * 0.9 ** (len(history) - 1 - s) for s in range(len(history))])
+        expected = (weights[:, None] * np.stack(history)).sum(axis=0) / weights.sum()
+        np.testing.assert_allclose(averaged_params(state, 0.9, params)["w"], expected, rtol=1e-6)
+    assert int(state.count) == 3
 
     # In fit: the averaged parameters are what is validated and kept, and an interruption resumes exactly.
     averaged = dataclasses.replace(TRAIN, average_decay=0.8)
