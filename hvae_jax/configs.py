@@ -183,6 +183,18 @@ def _presets() -> dict[str, Preset]:
             Command: hvae train --preset multvae-ml1m --workdir runs/multvae-ml1m
             Reference (shared/data/README.md, an independent implementation): test NDCG@100 about 0.453.""",
         ),
+        Preset(
+            "multvae-ml1m-averaged",
+            ModelConfig(kind="vae", latents=(200,), hidden=600),
+            TrainConfig(epochs=100, batch_size=500, learning_rate=3e-3, beta_cap=0.2, total_anneal_steps=None,
+                        average_decay=0.998),
+            (("data", "../shared/data/ml-1m-implicit"), ("format", "adjacency"), ("heldout_users", 600)),
+            """The same Mult-VAE and data, with the training settings chosen on validation NDCG@100: Adam 3e-3 and the
+            parameters' running average (decay 0.998, debiased) validated and reported.
+
+            Command: hvae train --preset multvae-ml1m-averaged --workdir runs/multvae-ml1m-averaged
+            Ours (benchmarks/results/multvae-ml1m-sweep.md): test NDCG@100 0.4699 with seed 98765.""",
+        ),
     ]
     return {preset.name: preset for preset in presets}
 
