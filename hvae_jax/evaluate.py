@@ -16,8 +16,8 @@ from hvae_jax import metrics
 from hvae_jax.data.batches import BatchSlots, batch_slots, densify, host_dense_rows, max_batch_nnz, to_device
 from hvae_jax.data.splits import EvalSet
 from hvae_jax.models import sparse as sparse_layer
-from hvae_jax.models.hvae import first_layer_kernels
-from hvae_jax.models.layers import Projected
+from hvae_jax.models.hvae import project_first_layer
+from hvae_jax.objectives import projected_outputs
 
 DEFAULT_KS = (10, 20, 50, 100)
 
@@ -52,11 +52,10 @@ def sparse_model_scorer(model: nn.Module, params) -> Callable:
     def score(fold_in: BatchSlots, side: jax.Array | None) -> jax.Array:
         n_rows = fold_in.lengths.shape[0]
         sparse_input = sparse_layer.sparse_input_from_slots(fold_in, 0.0)  # normalised, no dropout
-        kernels = first_layer_kernels(model.config, params)
-        project = lambda kernel: sparse_layer.project(kernel, sparse_input, n_rows)  # noqa: E731
-        projection = Projected(project(kernels.linear), None if kernels.gate is None else project(kernels.gate))
-        one_user = lambda p, s: model.apply({"params": params}, None, s, None, p).logits  # noqa: E731
-        return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(projection, side)
+        projection = project_first_layer(
+            model.config, params, lambda kernel: sparse_layer.project(kernel, sparse_input, n_rows)
+        )
+        return projected_outputs(model, params, projection, side, None).logits
 
     return score
 

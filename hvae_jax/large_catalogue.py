@@ -29,9 +29,9 @@ from hvae_jax.configs import ModelConfig, TrainConfig
 from hvae_jax.data.batches import BatchSlots, batch_slots
 from hvae_jax.models import item_sharded
 from hvae_jax.models import sparse as sparse_layer
-from hvae_jax.models.hvae import draw_noise, first_layer_kernels
+from hvae_jax.models.hvae import project_first_layer
 from hvae_jax.models.layers import Projected
-from hvae_jax.objectives import UserTerms, combine_terms
+from hvae_jax.objectives import UserTerms, combine_terms, projected_outputs
 
 DEFAULT_LOGITS_BUDGET_BYTES = 64 * 2**20
 
@@ -65,24 +65,9 @@ def shard_params(config: ModelConfig, tree, catalogue: Catalogue):
 
 
 def _sharded_projection(params, config: ModelConfig, sparse_input, n_rows: int, catalogue: Catalogue) -> Projected:
-    kernels = first_layer_kernels(config, params)
-    project = lambda kernel: item_sharded.project(kernel, sparse_input, n_rows, *catalogue)  # noqa: E731
-    return Projected(project(kernels.linear), None if kernels.gate is None else project(kernels.gate))
-
-
-def _decoder_hidden(model: nn.Module, params, projection: Projected, side, user_keys):
-    """[batch, hidden] last hidden activations and [batch, L] KL of the vmapped one-user model (no output layer);
-    `user_keys` None evaluates (z = posterior mean)."""
-    config: ModelConfig = model.config
-
-    def one_user(projection_u, side_u, key_u):
-        noise = None if key_u is None else draw_noise(config, model.n_items, key=key_u, dropout=False)
-        output = model.apply({"params": params}, None, side_u, noise, projection_u, output_layer=False)
-        return output.decoder_hidden, output.kl
-
-    side_axis = None if side is None else 0
-    key_axis = None if user_keys is None else 0
-    return jax.vmap(one_user, in_axes=(0, side_axis, key_axis))(projection, side, user_keys)
+    return project_first_layer(
+        config, params, lambda kernel: item_sharded.project(kernel, sparse_input, n_rows, *catalogue)
+    )
 
 
 def batch_loss(
@@ -108,7 +93,8 @@ def batch_loss(
     config: ModelConfig = model.config
     n_rows = user_weights.shape[0]
     projection = _sharded_projection(params, config, sparse_input, n_rows, catalogue)
-    hidden, kl = _decoder_hidden(model, params, projection, side, jax.random.split(key, n_rows))
+    middle = projected_outputs(model, params, projection, side, jax.random.split(key, n_rows), output_layer=False)
+    hidden, kl = middle.decoder_hidden, middle.kl
     output = params["decoder_output"]
     log_likelihood = item_sharded.log_likelihood(
         hidden, output["kernel"], output["bias"], slots, *catalogue, compute_dtype=config.compute_dtype
@@ -121,7 +107,7 @@ def top_items(model: nn.Module, params, catalogue: Catalogue, fold_in: BatchSlot
     config: ModelConfig = model.config
     sparse_input = sparse_layer.sparse_input_from_slots(fold_in, 0.0)  # normalised, no dropout
     projection = _sharded_projection(params, config, sparse_input, fold_in.lengths.shape[0], catalogue)
-    hidden, _ = _decoder_hidden(model, params, projection, side, None)
+    hidden = projected_outputs(model, params, projection, side, None, output_layer=False).decoder_hidden
     output = params["decoder_output"]
     return item_sharded.top_k(
         hidden, output["kernel"], output["bias"], exclude, k, *catalogue, compute_dtype=config.compute_dtype

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from hvae_jax.configs import ModelConfig, TrainConfig
 from hvae_jax.data.batches import BatchSlots
 from hvae_jax.models import sparse as sparse_layer
-from hvae_jax.models.hvae import draw_noise, first_layer_kernels
+from hvae_jax.models.hvae import Output, draw_noise, project_first_layer
 from hvae_jax.models.layers import Projected
 
 
@@ -117,9 +117,9 @@ def batch_loss(
     user_keys = jax.random.split(key, n_rows)
     projection = None
     if sparse_input is not None:
-        kernels = first_layer_kernels(model.config, params)
-        project = lambda kernel: sparse_layer.project(kernel, sparse_input, n_rows)  # noqa: E731
-        projection = Projected(project(kernels.linear), None if kernels.gate is None else project(kernels.gate))
+        projection = project_first_layer(
+            model.config, params, lambda kernel: sparse_layer.project(kernel, sparse_input, n_rows)
+        )
         if positives is not None:
             terms = _terms_at_positives(model, params, side, user_keys, projection, positives)
             return combine_terms(params, train, terms, user_weights, betas)
@@ -132,18 +132,36 @@ def batch_loss(
     return combine_terms(params, train, per_user(x, side, user_keys, projection), user_weights, betas)
 
 
+def projected_outputs(
+    model: nn.Module,
+    params,
+    projection: Projected,
+    side: jax.Array | None,
+    user_keys: jax.Array | None,
+    *,
+    output_layer: bool = True,
+) -> Output:
+    """The one-user model vmapped over a batch whose first layer was computed outside it (the sparse and
+    item-sharded paths): `projection` [batch, hidden] each. With `user_keys` each user draws its epsilons from its
+    key (dropout was applied to the slots already); `user_keys=None` evaluates (z = posterior mean)."""
+    config: ModelConfig = model.config
+
+    def one_user(projection_u, side_u, key_u):
+        noise = None if key_u is None else draw_noise(config, model.n_items, key=key_u, dropout=False)
+        return model.apply({"params": params}, None, side_u, noise, projection_u, output_layer=output_layer)
+
+    in_axes = (0, None if side is None else 0, None if user_keys is None else 0)
+    return jax.vmap(one_user, in_axes=in_axes)(projection, side, user_keys)
+
+
 def _terms_at_positives(model: nn.Module, params, side, user_keys, projection: Projected, positives: BatchSlots):
     """Per-user terms of the sparse path, the multinomial likelihood read at the positives' logits only."""
     config: ModelConfig = model.config
     if config.likelihood != "multinomial":
         raise ValueError(f"the likelihood at positives is multinomial; {config.likelihood!r} needs the dense x")
 
-    def one_user(side_u, key_u, projection_u):
-        noise = draw_noise(config, model.n_items, key=key_u, dropout=False)
-        output = model.apply({"params": params}, None, side_u, noise, projection_u)
-        return output.logits, output.kl
-
-    logits, kl = jax.vmap(one_user, in_axes=(None if side is None else 0, 0, 0))(side, user_keys, projection)
+    output = projected_outputs(model, params, projection, side, user_keys)
+    logits, kl = output.logits, output.kl
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     at_positives = jnp.where(positives.is_real, logits[positives.row, positives.item], 0.0)
     positive_sum = jnp.zeros(logits.shape[:1], logits.dtype).at[positives.row].add(at_positives)

@@ -105,6 +105,17 @@ def test_data_fetch_from_a_local_server(tmp_path, monkeypatch, capsys):
         server.shutdown()
 
 
+def _evaluate_again_then_recommend(workdir, trained: dict, capsys) -> None:
+    """`hvae evaluate` reproduces the trained run's test NDCG@100; `hvae recommend` gives 5 unseen items."""
+    assert main(["evaluate", "--workdir", str(workdir)]) == 0
+    evaluated = json.loads((workdir / "results.json").read_text())
+    assert evaluated["test"]["ndcg@100"] == pytest.approx(trained["test"]["ndcg@100"], abs=1e-6)
+    capsys.readouterr()
+    assert main(["recommend", "--workdir", str(workdir), "--items", "i1,i2,i3", "-k", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and not any(f" i{n} " in f" {line} " for line in lines for n in (1, 2, 3))
+
+
 def test_train_evaluate_recommend_round_trip(tmp_path, capsys):
     workdir = tmp_path / "run"
     assert main(["train", "--epochs", "2", "--latents", "16", "--hidden", "32", "--workdir", str(workdir),
@@ -115,13 +126,7 @@ def test_train_evaluate_recommend_round_trip(tmp_path, capsys):
         assert key in trained
     for metric in ("ndcg@100", "recall@20", "recall_all@20", "ndcg@100_se"):
         assert metric in trained["test"]
-    assert main(["evaluate", "--workdir", str(workdir)]) == 0
-    evaluated = json.loads((workdir / "results.json").read_text())
-    assert evaluated["test"]["ndcg@100"] == pytest.approx(trained["test"]["ndcg@100"], abs=1e-6)
-    capsys.readouterr()
-    assert main(["recommend", "--workdir", str(workdir), "--items", "i1,i2,i3", "-k", "5"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 5 and not any(f" i{n} " in f" {line} " for line in lines for n in (1, 2, 3))
+    _evaluate_again_then_recommend(workdir, trained, capsys)
 
 
 def test_item_sharded_train_evaluate_and_recommend_round_trip(tmp_path, capsys):
@@ -133,10 +138,4 @@ def test_item_sharded_train_evaluate_and_recommend_round_trip(tmp_path, capsys):
     trained = json.loads((workdir / "results.json").read_text())
     assert trained["catalogue_layout"]["n_padded"] == 1001
     assert 0.0 < trained["test"]["ndcg@100"] < 1.0
-    assert main(["evaluate", "--workdir", str(workdir)]) == 0
-    evaluated = json.loads((workdir / "results.json").read_text())
-    assert evaluated["test"]["ndcg@100"] == pytest.approx(trained["test"]["ndcg@100"], abs=1e-6)
-    capsys.readouterr()
-    assert main(["recommend", "--workdir", str(workdir), "--items", "i1,i2,i3", "-k", "5"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 5 and not any(f" i{n} " in f" {line} " for line in lines for n in (1, 2, 3))
+    _evaluate_again_then_recommend(workdir, trained, capsys)

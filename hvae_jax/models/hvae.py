@@ -14,7 +14,7 @@ deterministic function of (params, x, side, noise) and can be checked against ot
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -243,6 +243,13 @@ def first_layer_kernels(config: ModelConfig, params) -> Projected:
     """The kernels that multiply the user's input: [n_items, hidden] each (gate kernel only for gated layers)."""
     layer = params["input_layer"] if config.kind == "vae" else params["encoder"]
     return Projected(layer["linear_0"]["kernel"], layer["gate_0"]["kernel"] if config.gated else None)
+
+
+def project_first_layer(config: ModelConfig, params, project: Callable[[jax.Array], jax.Array]) -> Projected:
+    """The first layer's products for an input given as slots: `project` (the gather-and-sum of models/sparse.py,
+    or its item-sharded form) applied to each of `first_layer_kernels`."""
+    kernels = first_layer_kernels(config, params)
+    return Projected(project(kernels.linear), None if kernels.gate is None else project(kernels.gate))
 
 
 def build_model(config: ModelConfig, n_items: int) -> nn.Module:
