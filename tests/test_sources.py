@@ -8,9 +8,16 @@ import http.client
 import http.server
 import io
 import json
+import signal
 import socket
+import stat
+import struct
+import subprocess
+import sys
 import threading
+import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -46,6 +53,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/zip")
         self.send_header("Content-Length", str(len(body) if declared is None else declared))
         self.end_headers()
+        stall = server.stalls.get(self.path)
+        if stall is not None:
+            # Half the body, then silence until the test sets the event: a download caught in mid-transfer.
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            stall.wait(timeout=60)
+            body = body[len(body) // 2 :]
         self.wfile.write(body)
         self.wfile.flush()
         # A declared length larger than the body simulates a cut connection: close instead of sending the rest.
@@ -59,12 +73,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.routes = {}
+    httpd.stalls = {}
     httpd.requests = []
     httpd.lock = threading.Lock()
     httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield httpd
+    for stall in httpd.stalls.values():
+        stall.set()
     httpd.shutdown()
     httpd.server_close()
     thread.join(timeout=5)
@@ -349,3 +366,233 @@ def test_damaged_cached_archive_is_downloaded_again(tmp_path, toy, server, archi
     assert interactions.read_bytes() == U_DATA
     assert (cache / "toy.zip").read_bytes() == archive_bytes
     assert server.requests == ["/toy.zip"]
+
+
+def serve_as_toy(monkeypatch, server, toy, archive: bytes) -> None:
+    """Serve `archive` as toy.zip and register its true SHA-256, so that only what happens after the download is
+    under test."""
+    server.routes["/toy.zip"] = (archive, None)
+    monkeypatch.setitem(
+        sources.DATASETS, "toy", dataclasses.replace(toy, sha256=hashlib.sha256(archive).hexdigest(), size=len(archive))
+    )
+
+
+def corrupt_deflate(archive: bytes, member: str) -> bytes:
+    """`archive` with the first byte of `member`'s deflate stream flipped; headers and directory stay intact."""
+    info = zipfile.ZipFile(io.BytesIO(archive)).getinfo(member)
+    name_length, extra_length = struct.unpack_from("<HH", archive, info.header_offset + 26)
+    damaged = bytearray(archive)
+    damaged[info.header_offset + 30 + name_length + extra_length] ^= 0xFF
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize("member", ["ml-100k/u.data", "ml-100k/u.user"])
+def test_corrupt_deflate_data_is_an_archive_error_naming_archive_and_member(
+    tmp_path, toy, server, archive_bytes, monkeypatch, member
+):
+    damaged = corrupt_deflate(archive_bytes, member)
+    with pytest.raises(zlib.error):  # What zipfile itself raises on this archive.
+        zipfile.ZipFile(io.BytesIO(damaged)).read(member)
+    serve_as_toy(monkeypatch, server, toy, damaged)
+    cache = tmp_path / "cache"
+
+    with pytest.raises(sources.ArchiveError) as raised:
+        sources.fetch("toy", cache=cache, progress=False)
+
+    message = str(raised.value)
+    assert str(cache / "toy.zip") in message and repr(member) in message
+    assert "hvae data fetch toy" in message
+    # u.user is unpacked last: what came before it must not stay behind either, nor the useless archive.
+    assert list(cache.iterdir()) == []
+
+
+def test_symlink_member_is_refused_and_nothing_is_linked(tmp_path, toy, server, monkeypatch):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        bundle.writestr("ml-100k/u.data", U_DATA)
+        link = zipfile.ZipInfo("ml-100k/u.item")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        bundle.writestr(link, "/etc/passwd")
+    serve_as_toy(monkeypatch, server, toy, buffer.getvalue())
+    cache = tmp_path / "cache"
+
+    with pytest.raises(sources.ArchiveError, match="ml-100k/u.item.*symbolic link"):
+        sources.fetch("toy", cache=cache, progress=False)
+    assert list(cache.iterdir()) == []
+
+
+def test_path_traversal_members_are_never_written(tmp_path, toy, server, monkeypatch):
+    escape = b"written outside the cache\n"
+    archive = make_zip(
+        {"../../escaped.txt": escape, "ml-100k/../../../escaped.txt": escape, "/tmp/escaped.txt": escape,
+         "ml-100k/u.data": U_DATA}
+    )
+    serve_as_toy(monkeypatch, server, toy, archive)
+    cache = tmp_path / "deep" / "cache"
+
+    sources.fetch("toy", cache=cache, progress=False)
+
+    assert all_files(tmp_path) == [cache / "toy" / "source.json", cache / "toy" / "u.data", cache / "toy.zip"]
+
+
+def bomb(uncompressed_bytes: int) -> bytes:
+    """A toy archive whose interactions member is `uncompressed_bytes` of zeros: a thousandfold expansion."""
+    return make_zip({"ml-100k/u.data": bytes(uncompressed_bytes)})
+
+
+def test_zip_bomb_is_stopped_by_the_compression_ratio_limit(tmp_path, toy, server, monkeypatch):
+    archive = bomb(20 << 20)
+    assert len(archive) < 100_000
+    serve_as_toy(monkeypatch, server, toy, archive)
+    cache = tmp_path / "cache"
+
+    with pytest.raises(sources.ExtractionLimitError) as raised:
+        sources.fetch("toy", cache=cache, progress=False)
+
+    message = str(raised.value)
+    assert str(cache / "toy.zip") in message and "'ml-100k/u.data'" in message
+    assert str(sources.ExtractionLimits().ratio) in message
+    assert sources.RATIO_ENV in message and "ExtractionLimits(" in message
+    # Nothing unpacked; the verified archive is kept so that a raised limit needs no second download.
+    assert sorted(path.name for path in cache.iterdir()) == ["toy.zip"]
+    with pytest.raises(sources.NotFetchedError):
+        sources.dataset_paths("toy", cache=cache)
+
+
+def test_raised_ratio_limit_admits_the_same_archive_without_downloading_again(tmp_path, toy, server, monkeypatch):
+    serve_as_toy(monkeypatch, server, toy, bomb(20 << 20))
+    cache = tmp_path / "cache"
+    with pytest.raises(sources.ExtractionLimitError):
+        sources.fetch("toy", cache=cache, progress=False)
+
+    monkeypatch.setenv(sources.RATIO_ENV, "5000")
+    interactions = sources.fetch("toy", cache=cache, progress=False)
+
+    assert interactions.stat().st_size == 20 << 20
+    assert server.requests == ["/toy.zip"]
+
+
+def test_total_extracted_size_limit_from_environment_and_keyword(tmp_path, toy, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(sources.EXTRACTED_BYTES_ENV, "100")
+
+    with pytest.raises(sources.ExtractionLimitError) as raised:
+        sources.fetch("toy", cache=cache, progress=False)
+    message = str(raised.value)
+    assert str(cache / "toy.zip") in message
+    assert "100 bytes" in message and sources.EXTRACTED_BYTES_ENV in message
+    assert sorted(path.name for path in cache.iterdir()) == ["toy.zip"]
+
+    # The keyword argument wins over the environment.
+    limits = sources.ExtractionLimits(total_bytes=10_000)
+    assert sources.fetch("toy", cache=cache, progress=False, limits=limits).read_bytes() == U_DATA
+
+
+def test_member_count_limit(tmp_path, toy, server, monkeypatch):
+    members = {f"ml-100k/extra/{index}.txt": b"x" for index in range(30)}
+    serve_as_toy(monkeypatch, server, toy, make_zip({"ml-100k/u.data": U_DATA, **members}))
+    monkeypatch.setenv(sources.MEMBERS_ENV, "20")
+    with pytest.raises(sources.ExtractionLimitError, match=f"31 members.*limit of 20.*{sources.MEMBERS_ENV}"):
+        sources.fetch("toy", cache=tmp_path, progress=False)
+
+
+def test_member_longer_than_its_header_declares_is_refused(tmp_path):
+    # zipfile stops at the declared size on its own; the copy must not depend on that.
+    class LyingBundle:
+        def open(self, info):
+            return io.BytesIO(bytes(2 * info.file_size))
+
+    info = zipfile.ZipInfo("ml-100k/u.data")
+    info.file_size = 1000
+    with pytest.raises(sources.ArchiveError, match="more than the 1,000 bytes its header declares"):
+        sources._copy_member(LyingBundle(), info, tmp_path / "u.data", tmp_path / "toy.zip")
+    assert (tmp_path / "u.data").stat().st_size <= 1000
+
+
+def test_malformed_limit_in_environment_is_a_clear_error(tmp_path, toy, monkeypatch):
+    monkeypatch.setenv(sources.EXTRACTED_BYTES_ENV, "lots")
+    with pytest.raises(sources.SourceError, match=f"{sources.EXTRACTED_BYTES_ENV}='lots'"):
+        sources.fetch("toy", cache=tmp_path, progress=False)
+
+
+def test_default_limits_admit_the_largest_data_sets():
+    limits = sources.ExtractionLimits()
+    # MSD's train_triplets.txt, the largest file in the table, is about 3 GB from a 0.5 GB archive; MovieLens
+    # CSV files compress 3-5 fold. A deflate bomb expands by hundreds to about a thousand.
+    assert limits.total_bytes >= 2 * 3 * 10**9
+    assert 20 <= limits.ratio <= 200
+    assert limits.members >= 1_000
+
+
+def test_stale_partial_files_of_a_killed_fetch_are_removed(tmp_path, toy, server):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # What a fetch killed with SIGKILL leaves: a half-downloaded archive, a half-built folder, a retired folder.
+    (cache / ".toy.zip.k1ll3d00.part").write_bytes(b"half an archive")
+    (cache / ".toy.s74g1ng0.part").mkdir()
+    (cache / ".toy.s74g1ng0.part" / "u.data").write_bytes(U_DATA[:10])
+    (cache / ".toy.r371r3d0.old" / "toy").mkdir(parents=True)
+    # Another data set's leftovers are its own fetch's business.
+    (cache / ".ml-1m.zip.07h3r000.part").write_bytes(b"x")
+
+    interactions = sources.fetch("toy", cache=cache, progress=False)
+
+    assert interactions.read_bytes() == U_DATA
+    assert sorted(path.name for path in cache.iterdir()) == [".ml-1m.zip.07h3r000.part", "toy", "toy.zip"]
+
+
+def test_a_second_fetch_waits_for_the_first_and_spares_its_partial_file(tmp_path, toy, server):
+    pytest.importorskip("fcntl")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    in_flight = cache / ".toy.zip.1nf11gh7.part"
+    results = []
+    with sources._cache_lock(cache, progress=False):
+        in_flight.write_bytes(b"being written by the lock holder")
+        second = threading.Thread(target=lambda: results.append(sources.fetch("toy", cache=cache, progress=False)))
+        second.start()
+        second.join(timeout=0.5)
+        assert second.is_alive()
+        assert in_flight.exists() and server.requests == []
+    second.join(timeout=30)
+    # The holder is gone, so whatever it left is stale.
+    assert results == [cache / "toy" / "u.data"]
+    assert sorted(path.name for path in cache.iterdir()) == ["toy", "toy.zip"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_terminated_download_leaves_no_partial_file(tmp_path, server, archive_bytes):
+    server.routes["/ml-100k.zip"] = (archive_bytes, None)
+    server.stalls["/ml-100k.zip"] = threading.Event()
+    cache = tmp_path / "cache"
+    script = (
+        "import sys; from hvae_jax.data import sources; "
+        "sources.fetch('ml-100k', cache=sys.argv[1], url=sys.argv[2], sha256=sys.argv[3], progress=False)"
+    )
+    command = [sys.executable, "-c", script, str(cache), f"{server.base}/ml-100k.zip",
+               hashlib.sha256(archive_bytes).hexdigest()]
+    repository = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(command, cwd=repository, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(cache.glob(".ml-100k.zip.*.part")):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the download never started"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)  # What `kill`, `timeout` and batch schedulers send first.
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+        process.communicate()
+    assert list(cache.iterdir()) == []
+    assert process.returncode == 128 + signal.SIGTERM
+
+
+def test_table_names_stay_importable_from_sources():
+    # Callers do `from hvae_jax.data import sources` and use the table through it; patching one patches both.
+    from hvae_jax.data import datasets
+
+    for name in ("DATASETS", "DatasetSource", "cache_dir", "dataset_paths", "get_source", "list_datasets",
+                 "SourceError", "NotDownloadableError", "NotFetchedError", "UnknownDatasetError"):
+        assert getattr(sources, name) is getattr(datasets, name)
+    assert not hasattr(sources, "archive_path")
