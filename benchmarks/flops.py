@@ -28,7 +28,7 @@ class MatmulLayer(NamedTuple):
 
 def matmul_layers(config: ModelConfig, n_items: int, n_side: int = 0, *, training: bool = True) -> list[MatmulLayer]:
     """Every projection one training (or evaluation) forward pass of `config` runs."""
-    hidden_width = config.dae_latent if config.kind == "dae" else config.hidden
+    hidden_width = config.latents[0] if config.kind == "dae" else config.hidden
     gate_factor = 2 if config.gated else 1
 
     def hidden(inputs: list[tuple[int, bool]], per_step: bool = False) -> list[MatmulLayer]:

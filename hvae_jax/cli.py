@@ -17,7 +17,7 @@ import sys
 import tomllib
 from typing import Any, Callable
 
-from hvae_jax.configs import PRESETS, ModelConfig, TrainConfig
+from hvae_jax.configs import CONFIG_CLASSES, MODELS, PRESETS, TrainConfig, model_config_to_dict
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -30,6 +30,15 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _optional_int(text: str) -> int | None:
     return None if str(text).lower() in ("none", "off", "0") else int(text)
+
+
+def _bool(text: str) -> bool:
+    value = str(text).lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected on/off (true/false, yes/no, 1/0), got {text!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,106 +69,177 @@ TRAIN_FLAGS = (
     Flag("--iw-samples", "settings", "iw_samples", int, "report the importance-weighted log-likelihood with K samples"),
     Flag("--devices", "settings", "devices", int,
          "data-parallel over N devices; 0 = all (default 1; all with --distributed)"),
-    Flag("--distributed", "settings", "distributed", lambda t: str(t).lower() in ("1", "true", "yes", "on"),
+    Flag("--distributed", "settings", "distributed", _bool,
          "on: join a multi-host run via jax.distributed.initialize (see hvae_jax/parallel.py)"),
     Flag("--item-shards", "settings", "item_shards", int,
          "split the n_items-wide layers over N devices, chunked (huge catalogues); 0 = off, -1 = all"),
     Flag("--logits-budget-mb", "settings", "logits_budget_mb", float,
          "with --item-shards: largest [batch, chunk] logits block per device, MiB (64)"),
     Flag("--compute-dtype", "model", "compute_dtype", str, "matmul dtype (mixed precision)", ("float32", "bfloat16")),
-    Flag("--latents", "model", "latents", _ints, "latent widths, bottom level first, e.g. 200,64"),
+    Flag("--latents", "model", "latents", _ints, "latent widths, bottom level first, e.g. 200,64 (Mult-DAE: code width)"),
     Flag("--hidden", "model", "hidden", int, "hidden layer width (600)"),
+    Flag("--encoder", "model", "encoder", str, "encoder body: tanh/gated layers or RecVAE's", ("mlp", "densenet")),
+    Flag("--encoder-layers", "model", "encoder_layers", int, "hidden layers from the input to a posterior (1)"),
+    Flag("--decoder-layers", "model", "decoder_layers", int, "hidden layers from the latents to the logits (1)"),
+    Flag("--branches", "model", "branches", str, "one input path for all levels, or one per level",
+         ("shared", "separate")),
     Flag("--inference", "model", "inference", str, "hierarchical inference scheme", ("bottom_up", "ladder")),
-    Flag("--prior", "model", "prior", str, "prior of the top level", ("standard", "vamp")),
+    Flag("--prior", "model", "prior", str, "prior of the top level: standard, vamp, composite or a registered one"),
     Flag("--pseudo-inputs", "model", "n_pseudo_inputs", int, "VampPrior components (1000)"),
-    Flag("--gated", "model", "gated", lambda t: str(t).lower() in ("1", "true", "yes", "on"), "gated layers: on/off"),
-    Flag("--likelihood", "model", "likelihood", str, "p(x|z)", ("multinomial", "bernoulli", "gaussian")),
+    Flag("--pseudo-input-dropout", "model", "pseudo_input_dropout", _bool,
+         "pass pseudo-inputs through the input dropout in training (Kim & Suh): on/off"),
+    Flag("--normalize-pseudo-inputs", "model", "normalize_pseudo_inputs", _bool,
+         "L2-normalise pseudo-inputs as user inputs: on/off (on)"),
+    Flag("--gated", "model", "gated", _bool, "gated layers: on/off"),
+    Flag("--likelihood", "model", "likelihood", str, "p(x|z): multinomial, bernoulli, gaussian or a registered one"),
     Flag("--dropout", "model", "input_dropout", float, "input dropout rate (0.5)"),
     Flag("--logvar-clip", "model", "logvar_clip", _floats, "clip log-variances to LOW,HIGH, e.g. -12,4"),
+    Flag("--kl-estimator", "model", "kl_estimator", str, "KL between Gaussian levels", ("analytic", "sample")),
+    Flag("--init", "model", "init", str, "weight initialisation", ("glorot", "he", "torch")),
+    Flag("--ease-lambdas", "model", "lambdas", _floats, "EASE: L2 weights to choose from on validation"),
     Flag("--epochs", "train", "epochs", int, "epochs"),
     Flag("--batch-size", "train", "batch_size", int, "users per update (500)"),
-    Flag("--lr", "train", "learning_rate", float, "Adam learning rate (1e-3)"),
+    Flag("--lr", "train", "learning_rate", float, "learning rate (1e-3)"),
+    Flag("--optimizer", "train", "optimizer", str, "Adam, or Adam on unit-norm gradients (Kim & Suh)",
+         ("adam", "adam_normgrad")),
     Flag("--weight-decay", "train", "weight_decay", float, "L2 weight lam * ||W||^2"),
     Flag("--average-decay", "train", "average_decay", float,
          "validate and report an exponential moving average of the parameters with this decay (0: off)"),
     Flag("--beta-cap", "train", "beta_cap", float, "largest KL weight (0.2)"),
-    Flag("--anneal-steps", "train", "total_anneal_steps", _optional_int, "updates for beta to reach its cap"),
-    Flag("--anneal-epochs", "train", "anneal_epochs", _optional_int, "epochs for beta to reach its cap (default all)"),
+    Flag("--anneal-steps", "train", "total_anneal_steps", _optional_int,
+         "Liang's schedule: beta = min(cap, update / N), rising towards 1 (default: all updates of the run)"),
+    Flag("--anneal-epochs", "train", "anneal_epochs", _optional_int,
+         "warm-up: beta = cap * min(1, epoch / N), reaching its cap at epoch N (Kim & Suh: 100)"),
+    Flag("--kl-weight-per-item", "train", "kl_weight_per_item", float,
+         "RecVAE's user-specific KL weight gamma: beta_u = gamma |x_u| (0: off)"),
     Flag("--beta-per-level", "train", "beta_per_level", _floats, "beta multiplier per level, bottom first"),
     Flag("--free-bits", "train", "free_bits", float, "minimum KL per level, nats"),
+    Flag("--schedule", "train", "schedule", str, "joint updates, or RecVAE's alternating encoder/decoder epochs"),
+    Flag("--encoder-epochs", "train", "encoder_epochs", int, "alternating schedule: encoder epochs per cycle (3)"),
+    Flag("--decoder-epochs", "train", "decoder_epochs", int, "alternating schedule: decoder epochs per cycle (1)"),
     Flag("--early-stopping", "train", "early_stopping", _optional_int, "stop after N epochs without improvement"),
+    Flag("--early-stopping-from", "train", "early_stopping_from", int,
+         "epochs before this one never count towards early stopping"),
     Flag("--eval-every", "train", "eval_every", int, "validate every N epochs"),
+    Flag("--checkpoint-every", "train", "checkpoint_every", int, "write the latest checkpoint every N epochs (1)"),
     Flag("--steps-per-dispatch", "train", "steps_per_dispatch", int, "updates per jitted scan call"),
     Flag("--seed", "train", "seed", int, "seed of initialisation, shuffling and noise"),
     Flag("--input-path", "train", "input_path", str, "first layer as dense matmul or sparse gather (auto)",
          ("auto", "dense", "sparse")),
 )
 
-MODEL_NAMES = {
-    "multvae": {"kind": "vae", "latents": (200,)},
-    "hvae": {"kind": "vae", "latents": (200, 200), "prior": "vamp", "gated": True, "logvar_clip": (-12.0, 4.0)},
-    "multdae": {"kind": "dae"},
-    "ease": {"kind": "ease"},
-    "popularity": {"kind": "popularity"},
-}
-
-
 def _flag_dest(flag: Flag) -> str:
     return flag.name.lstrip("-").replace("-", "_")
 
 
-def resolve_train_config(args: argparse.Namespace) -> tuple[dict, ModelConfig, TrainConfig]:
-    """Settings, model and training configs: defaults < preset < `--config` TOML < explicit flags."""
+def _model_fields(config) -> dict:
+    """A config's fields that differ from its kind's defaults, with its kind: what a model name brings."""
+    defaults = model_config_to_dict(type(config)())
+    fields = {key: value for key, value in model_config_to_dict(config).items() if defaults.get(key) != value}
+    return {"kind": config.kind, **fields}
+
+
+def _read_toml(path_text: str) -> dict:
+    """The settings of a `--config` file: top-level `key = value` pairs only, every key a long flag name."""
+    path = pathlib.Path(path_text)
+    if path.is_dir():
+        raise SystemExit(f"error: --config {path} is a folder; give a TOML file (keys are long flag names)")
+    try:
+        table = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"error: config file {path} not found")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise SystemExit(f"error: {path}: not valid TOML: {error}")
+    for key, value in table.items():
+        if isinstance(value, dict):
+            raise SystemExit(
+                f"error: {path}: [{key}] is a table, but settings are top-level keys named after the long flags "
+                f"(e.g. `epochs = 50`, not `[{key}]` then `epochs = 50`); move its keys to the top of the file"
+            )
+    return table
+
+
+def _toml_value(path: str, key: str, value, flag: Flag):
+    """A TOML value parsed as the flag would parse its text, with an error naming the key on a wrong type."""
+    if isinstance(value, list):
+        text = ",".join(map(str, value))
+    elif isinstance(value, bool):
+        text = "on" if value else "off"
+    else:
+        text = str(value)
+    try:
+        parsed = flag.parse(text)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"error: {path}: {key} = {value!r} is not a valid {flag.name} ({error})")
+    if flag.choices is not None and parsed not in flag.choices:
+        raise SystemExit(f"error: {path}: {key} = {value!r}: expected one of {', '.join(flag.choices)}")
+    return parsed
+
+
+def resolve_train_config(args: argparse.Namespace) -> tuple:
+    """Settings, model and training configs: defaults < preset < model name < `--config` TOML < explicit flags.
+
+    A model name brings its architecture and the training settings that define the method (`configs.MODELS`);
+    a setting that does not apply to the chosen kind of model is an error naming it.
+    """
     from hvae_jax.experiment import RunSettings
 
     sections: dict[str, dict] = {"settings": {}, "model": {}, "train": {}}
     if args.preset:
         if args.preset not in PRESETS:
-            raise SystemExit(f"unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
+            raise SystemExit(f"error: unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
         preset = PRESETS[args.preset]
-        sections["model"].update(dataclasses.asdict(preset.model))
+        sections["model"].update(model_config_to_dict(preset.model))
         sections["train"].update(dataclasses.asdict(preset.train))
         sections["settings"].update(dict(preset.settings))
     flags_by_key = {_flag_dest(flag): flag for flag in TRAIN_FLAGS}
-    table: dict = {}
-    if args.config:
-        path = pathlib.Path(args.config)
-        try:
-            table = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise SystemExit(f"config file {path} not found")
-        except tomllib.TOMLDecodeError as error:
-            raise SystemExit(f"{path}: not valid TOML: {error}")
-    # A model name brings that model's defaults, above the preset and below every explicit setting.
+    table = _read_toml(args.config) if args.config else {}
     model_name = args.model or (_model_name(table["model"], args.config) if "model" in table else None)
     if model_name:
-        sections["model"].update(MODEL_NAMES[model_name])
+        named = MODELS[model_name]
+        if sections["model"].get("kind", named.config.kind) != named.config.kind:
+            sections["model"] = {}  # a preset of another kind of model: its architecture does not carry over
+        sections["model"].update(_model_fields(named.config))
+        sections["train"].update(dict(named.train))
     for key, value in table.items():
         normalized = key.replace("-", "_")
         if normalized == "model":
             continue
         if normalized not in flags_by_key:
-            raise SystemExit(f"{args.config}: unknown setting {key!r}; settings are the long flag names of `hvae train`")
+            raise SystemExit(f"error: {args.config}: unknown setting {key!r}; settings are the long flag names of "
+                             "`hvae train` (see `hvae train --help`)")
         flag = flags_by_key[normalized]
-        sections[flag.section][flag.field] = flag.parse(",".join(map(str, value)) if isinstance(value, list) else str(value))
+        sections[flag.section][flag.field] = _toml_value(args.config, key, value, flag)
+    explicit_model_flags = set()
     for flag in TRAIN_FLAGS:
         value = getattr(args, _flag_dest(flag))
         if value is not None:
             sections[flag.section][flag.field] = value
-    if sections["model"].get("kind") == "dae" and "weight_decay" not in sections["train"]:
+            if flag.section == "model":
+                explicit_model_flags.add(flag.name)
+    kind = sections["model"].pop("kind", "vae")
+    config_class = CONFIG_CLASSES[kind]
+    allowed = {field.name for field in dataclasses.fields(config_class)}
+    stray = sorted(set(sections["model"]) - allowed)
+    if stray:
+        names = {flag.field: flag.name for flag in TRAIN_FLAGS if flag.section == "model"}
+        raise SystemExit(f"error: {', '.join(names.get(field, field) for field in stray)} do(es) not apply to a "
+                         f"{kind} model (--model {model_name or sections['model'].get('name') or kind})")
+    if kind == "dae" and "weight_decay" not in sections["train"]:
+        # Liang et al.'s notebook: lam = 0.01 / batch size, added as 2 * lam * ||W||^2 / 2.
         sections["train"]["weight_decay"] = 0.01 / sections["train"].get("batch_size", 500)
     try:
-        model_config = ModelConfig(**sections["model"])
+        model_config = config_class(**sections["model"])
         train_config = TrainConfig(**sections["train"])
         settings = RunSettings(**sections["settings"])
     except (TypeError, ValueError) as error:
-        raise SystemExit(f"invalid configuration: {error}")
+        raise SystemExit(f"error: invalid configuration: {error}")
     return settings, model_config, train_config
 
 
 def _model_name(value: str, source) -> str:
-    if value not in MODEL_NAMES:
-        raise SystemExit(f"{source}: unknown model {value!r}; expected one of {', '.join(MODEL_NAMES)}")
+    if value not in MODELS:
+        raise SystemExit(f"error: {source}: unknown model {value!r}; expected one of {', '.join(MODELS)}")
     return value
 
 
@@ -185,9 +265,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings, model_config, train_config = resolve_train_config(args)
     if args.print_config:
-        print(json.dumps(
-            {"settings": dataclasses.asdict(settings), "model": dataclasses.asdict(model_config),
-             "train": dataclasses.asdict(train_config)}, indent=2))
+        from hvae_jax.experiment import run_config
+
+        print(json.dumps(run_config(settings, model_config, train_config), indent=2))
         return 0
     results = run(settings, model_config, train_config, progress=not args.no_progress)
     print(format_results_table(results))
@@ -241,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train and evaluate a model; writes WORKDIR/results.json")
-    train.add_argument("--model", choices=tuple(MODEL_NAMES), help="model (default multvae)")
+    train.add_argument("--model", choices=tuple(MODELS), help="model (default multvae): " + "; ".join(
+        f"{name}: {named.doc}" for name, named in MODELS.items()))
     train.add_argument("--preset", help=f"published set-up: {', '.join(PRESETS)}")
     train.add_argument("--config", help="TOML file whose keys are long flag names (e.g. epochs = 50)")
     train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")

@@ -1,69 +1,242 @@
-"""Frozen, hashable configurations for models and training, and the named presets that reproduce published set-ups.
+"""Frozen, hashable configurations: one tagged config per model kind, the training config, the named models of
+`hvae train --model NAME`, and the published presets.
 
-Configs are static under `jax.jit`, so changing one recompiles and nothing else does.
+Configs are static under `jax.jit`, so changing one recompiles and nothing else does. Every config class carries
+its `kind` ("vae", "dae", "ease", "popularity") as a class constant; `model_config_from_dict` reads one back from
+JSON by that tag.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, ClassVar, Literal, Union
+
+INITIALIZERS = ("glorot", "he", "torch")
+
+
+def _check_common(config) -> None:
+    if not 0.0 <= config.input_dropout < 1.0:
+        raise ValueError(f"input_dropout must be in [0, 1), got {config.input_dropout}")
+    if config.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
+    if config.init not in INITIALIZERS:
+        raise ValueError(f"init must be one of {', '.join(INITIALIZERS)}, got {config.init!r}")
+    if not config.latents or any(int(d) <= 0 for d in config.latents):
+        raise ValueError(f"latents must be positive widths, got {config.latents}")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of one model.
+class VAEConfig:
+    """The variational autoencoder family for one user: Mult-VAE (one level), hierarchical VAEs (several levels,
+    bottom-up or ladder inference), H+Vamp (Kim & Suh 2019) and RecVAE (Shenbin et al. 2020) are settings of it.
 
-    `kind="vae"` is the hierarchical VAE; with one latent level, one hidden layer of 600 and the standard prior it is
-    exactly Liang et al.'s Mult-VAE [I-600-200-600-I]. `kind="dae"` is Mult-DAE [I-200-I].
+    The defaults are exactly Liang et al.'s Mult-VAE [I-600-200-600-I].
 
     Attributes:
-      kind: "vae" (hierarchical VAE, Mult-VAE as its one-level case), "dae" (Mult-DAE), "ease" or "popularity".
+      name: the model name this config was made from (`hvae train --model NAME`); None derives a label from the
+        structure (see `label`).
       latents: width of each latent level, bottom (z_1, next to the data) first, top (z_L) last.
-      hidden: width of the deterministic hidden layers (600 in Liang et al. and Kim & Suh).
-      inference: "bottom_up" (H+Vamp: q(z_L|x), then q(z_l|x, z_{l+1})) or "ladder" (Sonderby et al. 2016).
-      prior: "standard" (N(0, I) on z_L) or "vamp" (VampPrior on z_L).
+      hidden: width of the deterministic hidden layers (600 in Liang et al., Kim & Suh and RecVAE).
+      encoder: "mlp" (tanh or gated layers) or "densenet" (RecVAE: swish, layer norm, each layer fed the sum of all
+        earlier ones).
+      encoder_layers: hidden layers on each path from the input to a posterior (Kim & Suh: 2; RecVAE: 5).
+      decoder_layers: hidden layers between the latents and the logits (0: the logits are linear in z, as RecVAE).
+      branches: "shared" (one input path feeds every level) or "separate" (each level's posterior has its own
+        input path with its own dropout, as in Kim & Suh's code; bottom-up inference only).
+      inference: "bottom_up" (q(z_L|x), then q(z_l|x, z_{l+1})) or "ladder" (Sonderby et al. 2016).
+      prior: a registered prior of the top level (`models/priors.py`): "standard", "vamp", "composite" (RecVAE's),
+        or one added with `register_prior`.
+      prior_options: (name, value) pairs the prior's factory reads (e.g. ("weights", (0.15, 0.75, 0.1))).
       n_pseudo_inputs: VampPrior components.
-      gated: gated linear units, h = (W x + b) * sigmoid(V x + c), in encoder and decoder hidden layers.
-      likelihood: "multinomial", "bernoulli" or "gaussian".
+      pseudo_input_dropout: pseudo-inputs pass the encoder's input dropout during training (Kim & Suh's code).
+      normalize_pseudo_inputs: L2-normalise pseudo-inputs as user inputs are (Kim & Suh's code does not).
+      gated: gated linear units, h = (W x + b) * sigmoid(V x + c), in the mlp layers.
+      likelihood: a registered likelihood (`models/likelihoods.py`): "multinomial", "bernoulli" or "gaussian".
       input_dropout: dropout rate on the normalised input during training (0.5 in Liang et al.).
-      logvar_clip: (low, high) clip of every log-variance, or None (Kim & Suh clip to [-12, 4]).
-      dae_latent: code width of Mult-DAE.
+      logvar_clip: (low, high) clip of every posterior and conditional-prior log-variance, or None.
+      kl_estimator: "analytic" KL between Gaussian levels, or "sample" (one-sample log q - log p, as Kim & Suh).
+        A prior without a closed-form KL (VampPrior, composite) is always sampled.
+      init: "glorot" (Liang: Glorot-uniform weights, N(0, 0.001) biases), "he" (Kim & Suh: N(0, 2/fan_in)
+        weights, PyTorch's default biases) or "torch" (PyTorch's nn.Linear default, as RecVAE).
       compute_dtype: dtype of the matrix multiplications; "bfloat16" keeps float32 parameters, log-variances,
         log-softmax and loss (mixed precision).
     """
 
-    kind: Literal["vae", "dae", "ease", "popularity"] = "vae"
+    kind: ClassVar[str] = "vae"
+    name: str | None = None
     latents: tuple[int, ...] = (200,)
     hidden: int = 600
+    encoder: Literal["mlp", "densenet"] = "mlp"
+    encoder_layers: int = 1
+    decoder_layers: int = 1
+    branches: Literal["shared", "separate"] = "shared"
     inference: Literal["bottom_up", "ladder"] = "bottom_up"
-    prior: Literal["standard", "vamp"] = "standard"
+    prior: str = "standard"
+    prior_options: tuple[tuple[str, Any], ...] = ()
     n_pseudo_inputs: int = 1000
+    pseudo_input_dropout: bool = False
+    normalize_pseudo_inputs: bool = True
     gated: bool = False
-    likelihood: Literal["multinomial", "bernoulli", "gaussian"] = "multinomial"
+    likelihood: str = "multinomial"
     input_dropout: float = 0.5
     logvar_clip: tuple[float, float] | None = None
-    dae_latent: int = 200
+    kl_estimator: Literal["analytic", "sample"] = "analytic"
+    init: str = "glorot"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self):
-        if self.kind not in ("vae", "dae", "ease", "popularity"):
-            raise ValueError(f"unknown model kind {self.kind!r}; expected vae, dae, ease or popularity")
-        if not self.latents or any(int(d) <= 0 for d in self.latents):
-            raise ValueError(f"latents must be positive widths, got {self.latents}")
+        _check_common(self)
+        if self.hidden <= 0:
+            raise ValueError(f"hidden must be a positive width, got {self.hidden}")
+        if self.encoder not in ("mlp", "densenet"):
+            raise ValueError(f"encoder must be 'mlp' or 'densenet', got {self.encoder!r}")
+        if self.encoder_layers < 1 or self.decoder_layers < 0:
+            raise ValueError(f"encoder_layers must be >= 1 and decoder_layers >= 0, got {self.encoder_layers} and "
+                             f"{self.decoder_layers}")
+        if self.branches not in ("shared", "separate"):
+            raise ValueError(f"branches must be 'shared' or 'separate', got {self.branches!r}")
         if self.inference not in ("bottom_up", "ladder"):
             raise ValueError(f"inference must be 'bottom_up' or 'ladder', got {self.inference!r}")
-        if self.prior not in ("standard", "vamp"):
-            raise ValueError(f"prior must be 'standard' or 'vamp', got {self.prior!r}")
-        if self.likelihood not in ("multinomial", "bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be multinomial, bernoulli or gaussian, got {self.likelihood!r}")
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
-        if not 0.0 <= self.input_dropout < 1.0:
-            raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
+        if self.branches == "separate" and self.inference != "bottom_up":
+            raise ValueError("separate input branches need bottom_up inference (the ladder shares one upward path)")
+        if self.encoder == "densenet" and (self.inference != "bottom_up" or self.branches != "shared"):
+            raise ValueError("the densenet encoder supports bottom_up inference with shared branches only")
+        if self.kl_estimator not in ("analytic", "sample"):
+            raise ValueError(f"kl_estimator must be 'analytic' or 'sample', got {self.kl_estimator!r}")
+        if self.n_pseudo_inputs <= 0:
+            raise ValueError(f"n_pseudo_inputs must be positive, got {self.n_pseudo_inputs}")
+        if self.logvar_clip is not None:
+            low, high = self.logvar_clip
+            if not low < high:
+                raise ValueError(f"logvar_clip must be (low, high) with low < high, got {self.logvar_clip}")
+        # The registries are imported here, not at the top: models/ imports this module.
+        from hvae_jax.models import likelihoods, priors
+
+        if self.prior not in priors.PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; registered: {', '.join(priors.PRIORS)}")
+        if self.likelihood not in likelihoods.LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; registered: {', '.join(likelihoods.LIKELIHOODS)}")
 
     @property
     def n_levels(self) -> int:
         return len(self.latents)
+
+    @property
+    def label(self) -> str:
+        """The name results carry: `name`, else multvae (one level), hvae (several) or recvae (composite prior)."""
+        if self.name:
+            return self.name
+        if self.prior == "composite":
+            return "recvae"
+        return "multvae" if self.n_levels == 1 else "hvae"
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """The value of `prior_options` entry `key`, or `default`."""
+        return dict(self.prior_options).get(key, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class DAEConfig:
+    """Liang et al.'s Mult-DAE [I-200-I]: one hidden code of width latents[0], no latent variables.
+
+    Attributes:
+      name: the model name this config was made from; None labels it "multdae".
+      latents: (code width,).
+      gated, likelihood, input_dropout, init, compute_dtype: as `VAEConfig`.
+    """
+
+    kind: ClassVar[str] = "dae"
+    name: str | None = None
+    latents: tuple[int, ...] = (200,)
+    gated: bool = False
+    likelihood: str = "multinomial"
+    input_dropout: float = 0.5
+    init: str = "glorot"
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self):
+        _check_common(self)
+        if len(self.latents) != 1:
+            raise ValueError(f"Mult-DAE has one code layer: latents must hold one width, got {self.latents}")
+        from hvae_jax.models import likelihoods
+
+        if self.likelihood not in likelihoods.LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; registered: {', '.join(likelihoods.LIKELIHOODS)}")
+
+    n_levels: ClassVar[int] = 0
+
+    @property
+    def label(self) -> str:
+        return self.name or "multdae"
+
+
+@dataclasses.dataclass(frozen=True)
+class EASEConfig:
+    """EASE (Steck, WWW 2019): item-item weights in closed form, the L2 weight chosen on validation NDCG@100.
+
+    Attributes:
+      lambdas: the L2 weights tried.
+    """
+
+    kind: ClassVar[str] = "ease"
+    name: str | None = None
+    lambdas: tuple[float, ...] = (50.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
+
+    def __post_init__(self):
+        if not self.lambdas or any(not (float(l2) > 0) for l2 in self.lambdas):
+            raise ValueError(f"lambdas must be positive L2 weights, got {self.lambdas}")
+
+    @property
+    def label(self) -> str:
+        return self.name or "ease"
+
+
+@dataclasses.dataclass(frozen=True)
+class PopularityConfig:
+    """Items ranked by their number of training users."""
+
+    kind: ClassVar[str] = "popularity"
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or "popularity"
+
+
+ModelConfig = Union[VAEConfig, DAEConfig, EASEConfig, PopularityConfig]
+CONFIG_CLASSES: dict[str, type] = {cls.kind: cls for cls in (VAEConfig, DAEConfig, EASEConfig, PopularityConfig)}
+NEURAL_KINDS = ("vae", "dae")
+
+
+def is_neural(config) -> bool:
+    return config.kind in NEURAL_KINDS
+
+
+def model_config_to_dict(config) -> dict:
+    """The config's fields and its `kind` tag, JSON-ready."""
+    return {"kind": config.kind, **dataclasses.asdict(config)}
+
+
+def _tuples(value):
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def model_config_from_dict(fields: dict):
+    """A model config from `model_config_to_dict` output (JSON lists back to tuples)."""
+    fields = {key: _tuples(value) for key, value in fields.items()}
+    kind = fields.pop("kind", "vae")
+    if kind not in CONFIG_CLASSES:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(CONFIG_CLASSES)}")
+    if kind == "dae" and "dae_latent" in fields:  # config.json written before DAE widths moved into `latents`
+        fields["latents"] = (int(fields.pop("dae_latent")),)
+    cls = CONFIG_CLASSES[kind]
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown {kind} model settings: {', '.join(unknown)}")
+    return cls(**fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,52 +246,174 @@ class TrainConfig:
     Attributes:
       epochs: passes over the training users.
       batch_size: users per update (500 in Liang et al.).
-      learning_rate: Adam step size.
+      learning_rate: the optimizer's step size.
+      optimizer: "adam", or "adam_normgrad" (Kim & Suh, after Tomczak & Welling: each tensor's gradient divided by
+        its L2 norm before Adam).
       weight_decay: L2 penalty lam * sum(w^2) on weight matrices, as Liang et al.'s `2 * l2_regularizer(lam)`
-        (0.01 for Mult-DAE, 0 for Mult-VAE).
-      beta_cap: largest KL weight; beta = min(beta_cap, update / total_anneal_steps).
-      total_anneal_steps: updates over which beta rises (Liang et al.: 200,000 on ML-20M); None means
-        `anneal_epochs` epochs of updates.
-      anneal_epochs: used when total_anneal_steps is None; None means the whole run (`epochs`).
+        (0.01 / batch size for Mult-DAE, 0 for Mult-VAE).
+      beta_cap: largest KL weight.
+      total_anneal_steps: Liang et al.'s schedule, beta = min(beta_cap, update / total_anneal_steps), rising by
+        update towards 1 and capped (200,000 on ML-20M).
+      anneal_epochs: Kim & Suh's warm-up instead: beta = beta_cap * min(1, epoch / anneal_epochs), constant within
+        an epoch, reaching the cap at epoch `anneal_epochs`. With neither set, Liang's schedule runs over all the
+        updates of the run (total_anneal_steps = epochs x updates per epoch).
+      kl_weight_per_item: RecVAE's user-specific KL weight: beta_u = kl_weight_per_item * |x_u| (gamma, 0.005 in
+        Shenbin et al.) replaces the annealed beta; 0 disables.
       beta_per_level: optional multiplier of beta for each latent level (bottom first).
       free_bits: minimum KL per level in nats (Kingma et al. 2016); 0 disables.
-      early_stopping: stop after this many epochs without validation improvement; None never stops early.
+      schedule: a registered training schedule (`schedules.py`): "joint" (every parameter every update) or
+        "alternating" (RecVAE: `encoder_epochs` epochs updating the encoder with input dropout, then
+        `decoder_epochs` updating the decoder without it).
+      encoder_epochs, decoder_epochs: the alternating schedule's cycle.
+      early_stopping: stop after this many validated epochs without improvement; None never stops early.
+      early_stopping_from: epochs before this one never count towards early stopping (Kim & Suh: the warm-up).
       eval_every: validate every this many epochs.
+      checkpoint_every: write the `latest` checkpoint every this many epochs (and at the end); `best` is kept
+        exactly whatever this is.
       steps_per_dispatch: updates fused into one jitted lax.scan call.
       seed: the run's seed; params, shuffling and noise all derive from it.
-      average_decay: keep an exponential moving average of the parameters, avg <- d avg + (1 - d) params after
-        every update (Polyak averaging), and validate, keep and report the averaged parameters; 0 disables.
+      average_decay: validate, keep and report a debiased exponential moving average of the parameters (avg <- d
+        avg + (1 - d) params after every update); 0 disables.
       input_path: "dense" multiplies the dense [batch, n_items] input by the first layer; "sparse" gathers and sums
         the kernel rows of each user's items (same maths, far fewer FLOPs on large catalogues; the dropout mask is
         drawn per interaction instead of per item of the catalogue, so the random stream differs); "auto" picks
-        sparse when users hold under 1% of the catalogue on average (ML-20M: 0.4%, ML-1M: 4.5%).
+        by the estimated cost of the two on this data (`input_paths.resolve`).
     """
 
     epochs: int = 100
     batch_size: int = 500
     learning_rate: float = 1e-3
+    optimizer: Literal["adam", "adam_normgrad"] = "adam"
     weight_decay: float = 0.0
     beta_cap: float = 0.2
     total_anneal_steps: int | None = None
     anneal_epochs: int | None = None
+    kl_weight_per_item: float = 0.0
     beta_per_level: tuple[float, ...] | None = None
     free_bits: float = 0.0
+    schedule: str = "joint"
+    encoder_epochs: int = 3
+    decoder_epochs: int = 1
     early_stopping: int | None = None
+    early_stopping_from: int = 0
     eval_every: int = 1
+    checkpoint_every: int = 1
     steps_per_dispatch: int = 64
     seed: int = 98765
     average_decay: float = 0.0
     input_path: Literal["auto", "dense", "sparse"] = "auto"
 
     def __post_init__(self):
-        if self.epochs < 0 or self.batch_size <= 0 or self.learning_rate <= 0:
-            raise ValueError("epochs must be >= 0, batch_size and learning_rate > 0")
+        import math
+
+        def finite(name: str) -> float:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            return value
+
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if not 0 < finite("learning_rate") <= 10:
+            raise ValueError(f"learning_rate must be in (0, 10], got {self.learning_rate}")
+        if self.optimizer not in ("adam", "adam_normgrad"):
+            raise ValueError(f"optimizer must be 'adam' or 'adam_normgrad', got {self.optimizer!r}")
+        for name in ("weight_decay", "beta_cap", "kl_weight_per_item", "free_bits"):
+            if finite(name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.total_anneal_steps is not None and self.total_anneal_steps <= 0:
+            raise ValueError(f"total_anneal_steps must be positive, got {self.total_anneal_steps}")
+        if self.anneal_epochs is not None and self.anneal_epochs <= 0:
+            raise ValueError(f"anneal_epochs must be positive, got {self.anneal_epochs}")
+        if self.total_anneal_steps is not None and self.anneal_epochs is not None:
+            raise ValueError("set total_anneal_steps (Liang's per-update schedule) or anneal_epochs (a warm-up to "
+                             "the cap over epochs), not both")
+        if self.beta_per_level is not None and any(not (m >= 0) for m in self.beta_per_level):
+            raise ValueError(f"beta_per_level must hold multipliers >= 0, got {self.beta_per_level}")
         if self.input_path not in ("auto", "dense", "sparse"):
             raise ValueError(f"input_path must be 'auto', 'dense' or 'sparse', got {self.input_path!r}")
-        if not 0.0 <= self.average_decay < 1.0:
+        if not 0.0 <= finite("average_decay") < 1.0:
             raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
-        if self.steps_per_dispatch <= 0 or self.eval_every <= 0:
-            raise ValueError("steps_per_dispatch and eval_every must be positive")
+        if self.steps_per_dispatch <= 0 or self.eval_every <= 0 or self.checkpoint_every <= 0:
+            raise ValueError("steps_per_dispatch, eval_every and checkpoint_every must be positive")
+        if self.encoder_epochs <= 0 or self.decoder_epochs <= 0:
+            raise ValueError("encoder_epochs and decoder_epochs must be positive")
+        if self.early_stopping is not None and self.early_stopping <= 0:
+            raise ValueError(f"early_stopping must be a positive number of epochs or None, got {self.early_stopping}")
+        from hvae_jax import schedules
+
+        if self.schedule not in schedules.SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; registered: {', '.join(schedules.SCHEDULES)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Named models: `hvae train --model NAME` and `benchmarks/` use these; a name brings its architecture and the
+# training settings that define the method (RecVAE's alternation, Kim & Suh's optimizer), below any explicit setting.
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedModel:
+    """A model by name: its config and the training settings that belong to the method."""
+
+    name: str
+    config: Any
+    train: tuple[tuple[str, Any], ...] = ()
+    doc: str = ""
+
+
+KIMSUH_HVAMP = VAEConfig(
+    name="hvamp", latents=(200, 200), hidden=600, encoder_layers=2, decoder_layers=2, branches="separate",
+    prior="vamp", n_pseudo_inputs=1000, pseudo_input_dropout=True, normalize_pseudo_inputs=False, gated=True,
+    logvar_clip=(-12.0, 4.0), kl_estimator="sample", init="he",
+)
+# Their loop stops when its counter of epochs without improvement exceeds 50 (`e > early_stopping_epochs`), and
+# keeps the counter at 0 before the warm-up ends: 51 epochs without improvement, counted from epoch 100.
+KIMSUH_TRAIN = (
+    ("optimizer", "adam_normgrad"), ("learning_rate", 5e-4), ("batch_size", 200), ("epochs", 400),
+    ("beta_cap", 0.3), ("anneal_epochs", 100), ("early_stopping", 51), ("early_stopping_from", 100),
+)
+RECVAE = VAEConfig(
+    name="recvae", latents=(200,), hidden=600, encoder="densenet", encoder_layers=5, decoder_layers=0,
+    prior="composite", init="torch",
+)
+# 50 of RecVAE's epochs, each 3 encoder passes and 1 decoder pass, validated after the decoder pass.
+RECVAE_TRAIN = (
+    ("schedule", "alternating"), ("encoder_epochs", 3), ("decoder_epochs", 1), ("kl_weight_per_item", 0.005),
+    ("learning_rate", 5e-4), ("batch_size", 500), ("epochs", 200), ("eval_every", 4),
+)
+
+MODELS: dict[str, NamedModel] = {
+    model.name: model
+    for model in (
+        NamedModel("multvae", VAEConfig(name="multvae"), (),
+                   "Mult-VAE [I-600-200-600-I] (Liang et al., WWW 2018)"),
+        NamedModel("multdae", DAEConfig(name="multdae"), (),
+                   "Mult-DAE [I-200-I] (Liang et al.), L2 0.01 / batch size as their notebook"),
+        NamedModel(
+            "hvae",
+            VAEConfig(name="hvae", latents=(200, 200), prior="vamp", gated=True, logvar_clip=(-12.0, 4.0)),
+            (), "hierarchical VAE: two 200-d levels, VampPrior, gated",
+        ),
+        NamedModel("hvamp", KIMSUH_HVAMP, KIMSUH_TRAIN,
+                   "H+Vamp (Gated) as Kim & Suh's published code trains it (see README: faithful H+Vamp)"),
+        NamedModel("recvae", RECVAE, RECVAE_TRAIN,
+                   "RecVAE (Shenbin et al., WSDM 2020): composite prior, beta_u = gamma |x_u|, alternating updates"),
+        NamedModel("ease", EASEConfig(name="ease"), (), "EASE (Steck, WWW 2019), L2 chosen on validation"),
+        NamedModel("popularity", PopularityConfig(name="popularity"), (), "items by training popularity"),
+    )
+}
+
+
+def named_model(name: str) -> NamedModel:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Presets: published set-ups with their data.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +421,7 @@ class Preset:
     """A named published set-up: model, training and data settings, and what it should reproduce."""
 
     name: str
-    model: ModelConfig
+    model: Any
     train: TrainConfig
     settings: tuple[tuple[str, object], ...] = ()
     doc: str = ""
@@ -134,10 +429,11 @@ class Preset:
 
 def _presets() -> dict[str, Preset]:
     liang_data = (("data", "ml-20m"), ("min_rating", 3.5), ("heldout_users", 10_000))
+    ml1m = (("data", "../shared/data/ml-1m-implicit"), ("format", "adjacency"), ("heldout_users", 600))
     presets = [
         Preset(
             "liang-multvae-ml20m",
-            ModelConfig(kind="vae", latents=(200,), hidden=600, input_dropout=0.5),
+            VAEConfig(name="multvae", latents=(200,), hidden=600, input_dropout=0.5),
             TrainConfig(epochs=200, batch_size=500, learning_rate=1e-3, beta_cap=0.2, total_anneal_steps=200_000),
             liang_data,
             """Mult-VAE [I-600-200-600-I] of Liang et al. (WWW 2018) on ML-20M, strong generalization.
@@ -147,7 +443,7 @@ def _presets() -> dict[str, Preset]:
         ),
         Preset(
             "liang-multdae-ml20m",
-            ModelConfig(kind="dae", dae_latent=200, input_dropout=0.5),
+            DAEConfig(name="multdae", latents=(200,), input_dropout=0.5),
             # The reference notebook passes lam = 0.01 / batch_size and adds 2 * lam * ||W||^2 / 2.
             TrainConfig(epochs=200, batch_size=500, learning_rate=1e-3, weight_decay=0.01 / 500),
             liang_data,
@@ -158,26 +454,37 @@ def _presets() -> dict[str, Preset]:
         ),
         Preset(
             "kimsuh-hvamp-gated-ml20m",
-            ModelConfig(
-                kind="vae", latents=(200, 200), hidden=600, inference="bottom_up", prior="vamp",
-                n_pseudo_inputs=1000, gated=True, logvar_clip=(-12.0, 4.0),
-            ),
-            # Kim & Suh's README trains Netflix with max_beta 0.3; beta rises linearly over the first 100 epochs.
-            TrainConfig(
-                epochs=400, batch_size=200, learning_rate=5e-4, beta_cap=0.3, total_anneal_steps=None,
-                anneal_epochs=100, early_stopping=50,
-            ),
+            KIMSUH_HVAMP,
+            TrainConfig(**dict(KIMSUH_TRAIN)),
             liang_data,
-            """H+Vamp (Gated) of Kim & Suh (RecSys 2019) on ML-20M: two 200-d levels, hidden 600, 1000 pseudo-inputs.
+            """H+Vamp (Gated) of Kim & Suh (RecSys 2019) on ML-20M, as their published code trains it: two 200-d
+            levels, two gated layers of 600 per network, separate input branches with their own dropout, 1000
+            pseudo-inputs through the encoder's dropout, one-sample KL, He initialisation; Adam on unit-norm
+            gradients, lr 5e-4, batch 200, beta warmed up to 0.3 over 100 epochs, up to 400 epochs, early stopping
+            after 50 epochs without improvement (not before epoch 100).
 
             Command: hvae train --preset kimsuh-hvamp-gated-ml20m --workdir runs/hvamp-ml20m
             Published: Recall@20 0.413, Recall@50 0.551, NDCG@100 0.445.""",
         ),
         Preset(
+            "recvae-ml20m",
+            RECVAE,
+            TrainConfig(**dict(RECVAE_TRAIN)),
+            liang_data,
+            """RecVAE (Shenbin et al., WSDM 2020) on ML-20M with the settings of the authors' code: hidden 600,
+            latent 200, a 5-layer densely connected encoder with layer norm and swish, a linear decoder, the
+            composite prior (weights 3/20, 3/4, 1/10 on N(0, I), the previous encoder's posterior and N(0, e^10)),
+            beta_u = 0.005 |x_u|, Adam 5e-4, batch 500, 50 cycles of 3 encoder epochs (dropout 0.5) and 1 decoder
+            epoch (no dropout).
+
+            Command: hvae train --preset recvae-ml20m --workdir runs/recvae-ml20m
+            Published: Recall@20 0.414, Recall@50 0.553, NDCG@100 0.442.""",
+        ),
+        Preset(
             "multvae-ml1m",
-            ModelConfig(kind="vae", latents=(200,), hidden=600),
+            VAEConfig(name="multvae", latents=(200,), hidden=600),
             TrainConfig(epochs=100, batch_size=500, learning_rate=1e-3, beta_cap=0.2, total_anneal_steps=None),
-            (("data", "../shared/data/ml-1m-implicit"), ("format", "adjacency"), ("heldout_users", 600)),
+            ml1m,
             """Mult-VAE on the ml-1m-implicit adjacency list (600 validation and 600 test users, seed 98765).
 
             Command: hvae train --preset multvae-ml1m --workdir runs/multvae-ml1m
@@ -185,10 +492,10 @@ def _presets() -> dict[str, Preset]:
         ),
         Preset(
             "multvae-ml1m-averaged",
-            ModelConfig(kind="vae", latents=(200,), hidden=600),
+            VAEConfig(name="multvae", latents=(200,), hidden=600),
             TrainConfig(epochs=100, batch_size=500, learning_rate=3e-3, beta_cap=0.2, total_anneal_steps=None,
                         average_decay=0.998),
-            (("data", "../shared/data/ml-1m-implicit"), ("format", "adjacency"), ("heldout_users", 600)),
+            ml1m,
             """The same Mult-VAE and data, with the training settings chosen on validation NDCG@100: Adam 3e-3 and the
             parameters' running average (decay 0.998, debiased) validated and reported.
 

@@ -13,11 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from hvae_jax import metrics
-from hvae_jax.data.batches import BatchSlots, batch_slots, densify, host_dense_rows, max_batch_nnz, to_device
+from hvae_jax.data.batches import batch_slots, densify, host_dense_rows, max_batch_nnz, to_device
 from hvae_jax.data.splits import EvalSet
 from hvae_jax.models import sparse as sparse_layer
-from hvae_jax.models.hvae import project_first_layer
-from hvae_jax.objectives import projected_outputs
 
 DEFAULT_KS = (10, 20, 50, 100)
 
@@ -39,23 +37,8 @@ def model_scorer(model: nn.Module, params) -> Scorer:
     """Scores of a neural model at evaluation: no dropout, z = posterior mean, one user vmapped over the batch."""
 
     def score(fold_in: jax.Array, side: jax.Array | None) -> jax.Array:
-        one_user = lambda x, s: model.apply({"params": params}, x, s, None).logits  # noqa: E731
+        one_user = lambda x, s: model.apply({"params": params}, x, s, None, with_kl=False).logits  # noqa: E731
         return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(fold_in, side)
-
-    return score
-
-
-def sparse_model_scorer(model: nn.Module, params) -> Callable:
-    """`model_scorer` for fold-in given as slots: the first layer is the gather-and-sum of `models/sparse.py` over
-    each user's items (same scores, no dense input row)."""
-
-    def score(fold_in: BatchSlots, side: jax.Array | None) -> jax.Array:
-        n_rows = fold_in.lengths.shape[0]
-        sparse_input = sparse_layer.sparse_input_from_slots(fold_in, 0.0)  # normalised, no dropout
-        projection = project_first_layer(
-            model.config, params, lambda kernel: sparse_layer.project(kernel, sparse_input, n_rows)
-        )
-        return projected_outputs(model, params, projection, side, None).logits
 
     return score
 
@@ -65,7 +48,7 @@ def make_eval_step(score_fn: Callable, ks: Sequence[int], fold_in_as_slots: bool
 
     `score_fn(state, fold_in, side)` receives whatever `state` is passed (parameters, EASE weights), so the
     compiled step is reused across epochs instead of being rebuilt around new parameters. The fold-in arrives as
-    dense [batch, n_items] rows, or with `fold_in_as_slots` as `BatchSlots` (for `sparse_model_scorer`).
+    dense [batch, n_items] rows, or with `fold_in_as_slots` as `BatchSlots` (the sparse input path's scorer).
     """
     ks = tuple(ks)
 
@@ -124,24 +107,13 @@ def evaluate(
     return metrics.summarize(metrics.concat_per_user(per_batch))
 
 
-def neural_eval_step(model: nn.Module, ks: Sequence[int] = DEFAULT_KS, input_path: str = "dense") -> Callable:
-    """`make_eval_step` for a Flax model whose state is its parameters; `input_path` "sparse" feeds the first layer
-    by gather-and-sum over the fold-in items (as training's sparse path) instead of a dense matmul."""
-    if input_path == "sparse":
-        return make_eval_step(lambda params, fold_in, side: sparse_model_scorer(model, params)(fold_in, side), ks,
-                              fold_in_as_slots=True)
-    if input_path != "dense":
-        raise ValueError(f"input_path must be 'dense' or 'sparse' here, got {input_path!r}")
-    return make_eval_step(lambda params, fold_in, side: model_scorer(model, params)(fold_in, side), ks)
-
-
 def make_means_step(model: nn.Module) -> Callable:
     """Jitted `means_step(params, fold_in [batch, n_items], side) -> tuple of [batch, d_l]` posterior means (bottom
     first); built once, so calling it every epoch with new parameters compiles nothing new."""
 
     @jax.jit
     def means_step(params, fold_in, side):
-        one_user = lambda x, s: model.apply({"params": params}, x, s, None).means  # noqa: E731
+        one_user = lambda x, s: model.apply({"params": params}, x, s, None, with_kl=False).means  # noqa: E731
         return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(fold_in, side)
 
     return means_step

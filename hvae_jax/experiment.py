@@ -16,24 +16,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hvae_jax import input_paths, parallel
 from hvae_jax.checkpoint import Checkpoints, abstract_like
-from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.configs import EASEConfig, TrainConfig, is_neural, model_config_from_dict, model_config_to_dict
+from hvae_jax.data import sources
 from hvae_jax.data import splits as splits_lib
+from hvae_jax.data.batches import host_dense_rows
+from hvae_jax.data.features import read_user_features
 from hvae_jax.data.interactions import Interactions
+from hvae_jax.data.readers import read_interactions
 from hvae_jax.data.splits import Split
-from hvae_jax.evaluate import (
-    DEFAULT_KS,
-    active_units,
-    evaluate,
-    make_eval_step,
-    neural_eval_step,
-    posterior_means,
-    side_rows,
-)
+from hvae_jax.data.synthetic import synthetic_interactions
+from hvae_jax.evaluate import DEFAULT_KS, active_units, evaluate, make_eval_step, posterior_means, side_rows
 from hvae_jax.models import baselines
-from hvae_jax.models.hvae import build_model, init_params, kl_estimators
+from hvae_jax.models.hvae import init_params, kl_estimators
+from hvae_jax.objectives import importance_weighted_bound
+from hvae_jax.train import fit
 
-EASE_LAMBDAS = (50.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
+EASE_LAMBDAS = EASEConfig().lambdas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ class RunSettings:
         `distributed`, so that the processes train one model together).
       distributed: join a multi-host run first (`parallel.initialize_distributed`).
       item_shards: split the model's n_items-wide layers over this many devices and score items in chunks
-        (`large_catalogue.py`, for catalogues too large for dense logits); 0: off, -1: every device.
+        (`input_paths.ItemShardedPath`, for catalogues too large for dense logits); 0: off, -1: every device.
       logits_budget_mb: with item_shards, the largest [batch, chunk] float32 logits block per device, in MiB.
     """
 
@@ -83,27 +83,11 @@ def catalogue_options(settings: RunSettings) -> dict:
     """`fit`'s item-sharding arguments for these settings (empty when item_shards is 0)."""
     if settings.item_shards == 0:
         return {}
-    from hvae_jax.models.item_sharded import item_mesh
-
-    mesh = item_mesh(None if settings.item_shards < 0 else settings.item_shards)
+    mesh = parallel.item_mesh(None if settings.item_shards < 0 else settings.item_shards)
     return {"catalogue_mesh": mesh, "logits_budget_bytes": int(settings.logits_budget_mb * 2**20)}
 
 
-def neural_evaluator(model, settings: RunSettings, train_config: TrainConfig, split: Split, catalogue=None):
-    """The evaluation step of a neural model: its first layer fed as in training (dense or sparse, `fit`'s choice),
-    or the chunked item-sharded top-K of `catalogue`."""
-    if catalogue is None:
-        from hvae_jax.train import resolve_input_path
-
-        return neural_eval_step(model, settings.ks, input_path=resolve_input_path(train_config, split.train))
-    from hvae_jax import large_catalogue
-
-    return large_catalogue.make_eval_step(model, catalogue, settings.ks)
-
-
 def _read(path: str, settings: RunSettings) -> Interactions:
-    from hvae_jax.data.readers import read_interactions
-
     return read_interactions(path, settings.format, min_rating=settings.min_rating)
 
 
@@ -112,19 +96,13 @@ def resolve_data(settings: RunSettings) -> tuple[str, Callable[[], Interactions]
     if settings.protocol == "given":
         return pathlib.Path(settings.train_file).parent.name or "given", None, {}
     if settings.data is None or settings.data == "synthetic":
-        from hvae_jax.data.synthetic import synthetic_interactions
-
         return "synthetic", synthetic_interactions, {}
-    from hvae_jax.data import sources
-
     if settings.data in sources.DATASETS:
         try:
             paths = sources.dataset_paths(settings.data)
         except sources.NotFetchedError:
             sources.fetch(settings.data)
             paths = sources.dataset_paths(settings.data)
-        from hvae_jax.data.readers import read_interactions
-
         min_rating = settings.min_rating if settings.min_rating is not None else paths.get("default_min_rating")
         loader = lambda: read_interactions(paths["interactions"], paths["format"], min_rating=min_rating)  # noqa: E731
         return settings.data, loader, {"titles": paths.get("titles"), "user_features": paths.get("user_features")}
@@ -137,7 +115,7 @@ def resolve_data(settings: RunSettings) -> tuple[str, Callable[[], Interactions]
     return path.name if path.is_dir() else path.stem, lambda: _read(str(path), settings), {}
 
 
-def load_split(
+def prepare_split(
     settings: RunSettings, log: Callable[[str], None] = print, *, shared_files: bool = True
 ) -> tuple[Split, str]:
     """The split for `settings`, reused from `workdir` when it was made with the same settings.
@@ -183,8 +161,6 @@ def load_side_features(settings: RunSettings, split: Split) -> dict[str, np.ndar
     """
     if not settings.user_features:
         return None
-    from hvae_jax.data.features import read_user_features
-
     parts = {"train": split.train_user_ids, "test": split.test.user_ids}
     if split.valid is not None:
         parts["valid"] = split.valid.user_ids
@@ -236,11 +212,8 @@ def _latent_diagnostics(model, params, split: Split, side) -> dict:
     return {"active_units_per_level": [active_units(m) for m in level_means]}
 
 
-def importance_weighted_loglik(model, params, split: Split, side, n_samples: int, seed: int) -> dict:
+def importance_weighted_loglik(model, params, split: Split, side, n_samples: int, seed: int, snapshot=None) -> dict:
     """Mean importance-weighted bound and ELBO of the test users' full histories (fold-in + held-out)."""
-    from hvae_jax.data.batches import host_dense_rows
-    from hvae_jax.objectives import importance_weighted_bound
-
     full = (split.test.fold_in + split.test.heldout).tocsr()
     test_side = None if side is None else side.get("test")
 
@@ -248,7 +221,8 @@ def importance_weighted_loglik(model, params, split: Split, side, n_samples: int
     def bounds(x, side, key):
         keys = jax.random.split(key, x.shape[0])
         return jax.vmap(
-            lambda x_u, s_u, k: importance_weighted_bound(model, params, x_u, s_u, n_samples, key=k),
+            lambda x_u, s_u, k: importance_weighted_bound(model, params, x_u, s_u, n_samples, key=k,
+                                                          snapshot=snapshot),
             in_axes=(0, None if side is None else 0, 0),
         )(x, side, keys)
 
@@ -263,16 +237,9 @@ def importance_weighted_loglik(model, params, split: Split, side, n_samples: int
     return {"samples": n_samples, "iw_bound": iw_total / n, "elbo": elbo_total / n, "users": n}
 
 
-def model_label(config: ModelConfig) -> str:
-    """The name results use: multvae (one level), hvae (several), multdae, ease or popularity."""
-    if config.kind == "vae":
-        return "multvae" if config.n_levels == 1 else "hvae"
-    return {"dae": "multdae"}.get(config.kind, config.kind)
-
-
 def run(
     settings: RunSettings,
-    model_config: ModelConfig,
+    model_config,
     train_config: TrainConfig,
     *,
     progress: bool = True,
@@ -283,13 +250,11 @@ def run(
     workdir.mkdir(parents=True, exist_ok=True)
     primary = True
     if settings.distributed:
-        from hvae_jax import parallel
-
         # Before anything touches a JAX backend. Every process runs the same program; only the first writes the
         # workdir's files (orbax coordinates the checkpoints itself).
         parallel.initialize_distributed()
         primary = jax.process_index() == 0
-    split, label = load_split(settings, log, shared_files=primary)
+    split, label = prepare_split(settings, log, shared_files=primary)
     side = load_side_features(settings, split)
     stats = split.statistics()
     log(
@@ -297,18 +262,9 @@ def run(
         f"{stats['train']['interactions']} training interactions"
     )
     if primary:
-        (workdir / "config.json").write_text(
-            json.dumps(
-                {
-                    "settings": dataclasses.asdict(settings),
-                    "model": dataclasses.asdict(model_config),
-                    "train": dataclasses.asdict(train_config),
-                },
-                indent=2,
-            )
-        )
+        (workdir / "config.json").write_text(json.dumps(run_config(settings, model_config, train_config), indent=2))
     results: dict = {
-        "model": model_label(model_config),
+        "model": model_config.label,
         "dataset": label,
         "protocol": split.protocol,
         "n_users": int(split.train.shape[0] + (split.valid.n_users if split.valid else 0) + split.test.n_users),
@@ -316,48 +272,14 @@ def run(
         "split": stats,
     }
     start = time.perf_counter()
-    if model_config.kind in ("vae", "dae"):
-        from hvae_jax import parallel
-        from hvae_jax.train import fit
-
-        mesh = None
-        # A multi-host run trains over every process's devices; one device would leave each process on its own.
-        n_devices = 0 if settings.distributed and settings.devices == 1 else settings.devices
-        if n_devices != 1:
-            mesh = parallel.data_parallel_mesh(None if n_devices == 0 else n_devices)
-            log(f"data-parallel over {mesh.devices.size} devices")
-        fitted = fit(model_config, train_config, split, workdir, side_features=side, ks=settings.ks, progress=progress,
-                     mesh=mesh, log=log, **catalogue_options(settings))
-        evaluator = neural_evaluator(fitted.model, settings, train_config, split, fitted.catalogue)
-        if fitted.catalogue is not None:
-            # The model is built at the padded size; re-evaluation and recommendations rebuild it from this.
-            layout = fitted.catalogue.layout
-            results["catalogue_layout"] = dict(layout._asdict(), n_padded=layout.n_padded)
-        results.update(_evaluate_both(evaluator, fitted.best_params, split, side))
-        results.update(
-            epochs=fitted.epochs_run,
-            best_epoch=fitted.best_epoch,
-            train_seconds=fitted.train_seconds + fitted.compile_seconds,
-            compile_seconds=fitted.compile_seconds,
-            train_users_per_second=fitted.users_per_second,
-        )
-        if model_config.kind == "vae" and fitted.catalogue is not None:
-            log("item-sharded run: latent diagnostics and the importance-weighted bound need dense rows; skipped")
-        elif model_config.kind == "vae":
-            last = fitted.history[-1] if fitted.history else {}
-            results["kl_per_level"] = last.get("kl", [])
-            results["kl_estimator_per_level"] = list(kl_estimators(model_config))
-            results.update(_latent_diagnostics(fitted.model, fitted.best_params, split, side))
-            if settings.iw_samples:
-                results["importance_weighted"] = importance_weighted_loglik(
-                    fitted.model, fitted.best_params, split, side, settings.iw_samples, train_config.seed
-                )
+    if is_neural(model_config):
+        results.update(_train_neural(settings, model_config, train_config, split, side, log=log, progress=progress))
     elif model_config.kind == "ease":
-        evaluated, l2 = ease_results(split, log=log)
+        evaluated, l2 = ease_results(split, model_config.lambdas, log=log)
         results.update(evaluated, ease_lambda=l2, epochs=0)
     elif model_config.kind == "popularity":
         results.update(popularity_results(split), epochs=0)
-    if model_config.kind not in ("vae", "dae"):
+    if not is_neural(model_config):
         seconds = time.perf_counter() - start
         results.update(train_seconds=seconds, compile_seconds=0.0,
                        train_users_per_second=split.train.shape[0] / seconds if seconds > 0 else 0.0)
@@ -365,6 +287,57 @@ def run(
         results["baselines"] = {"popularity": popularity_results(split)}
     if primary:
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def run_config(settings: RunSettings, model_config, train_config: TrainConfig) -> dict:
+    """config.json's content: the data settings, the model (with its kind) and the training config."""
+    return {
+        "settings": dataclasses.asdict(settings),
+        "model": model_config_to_dict(model_config),
+        "train": dataclasses.asdict(train_config),
+    }
+
+
+def _train_neural(settings: RunSettings, model_config, train_config: TrainConfig, split: Split, side, *, log,
+                  progress: bool) -> dict:
+    """`fit` on the split, then the best parameters' validation and test metrics and the latent diagnostics."""
+    mesh = None
+    # A multi-host run trains over every process's devices; one device would leave each process on its own.
+    n_devices = 0 if settings.distributed and settings.devices == 1 else settings.devices
+    if n_devices != 1:
+        mesh = parallel.data_parallel_mesh(None if n_devices == 0 else n_devices)
+        log(f"data-parallel over {mesh.devices.size} devices")
+    fitted = fit(model_config, train_config, split, settings.workdir, side_features=side, ks=settings.ks,
+                 progress=progress, mesh=mesh, log=log, **catalogue_options(settings))
+    results: dict = {"input_path": fitted.path.name}
+    if fitted.catalogue is not None:
+        # The model is built at the padded size; re-evaluation and recommendations rebuild it from this.
+        layout = fitted.catalogue.layout
+        results["catalogue_layout"] = dict(layout._asdict(), n_padded=layout.n_padded)
+    results.update(_evaluate_both(fitted.path.eval_step(settings.ks), fitted.best_params, split, side))
+    results.update(
+        epochs=fitted.epochs_run,
+        # None when nothing was validated: the reported parameters are then the last epoch's.
+        best_epoch=fitted.best_epoch,
+        selected_on="validation" if fitted.best_epoch is not None else "last epoch (no validation users)",
+        stopped_early=fitted.stopped_early,
+        train_seconds=fitted.train_seconds + fitted.compile_seconds,
+        compile_seconds=fitted.compile_seconds,
+        train_users_per_second=fitted.users_per_second,
+    )
+    if model_config.kind == "vae" and fitted.catalogue is not None:
+        log("item-sharded run: latent diagnostics and the importance-weighted bound need dense rows; skipped")
+    elif model_config.kind == "vae":
+        last = fitted.history[-1] if fitted.history else {}
+        results["kl_per_level"] = last.get("kl", [])
+        results["kl_estimator_per_level"] = list(kl_estimators(model_config))
+        results.update(_latent_diagnostics(fitted.model, fitted.best_params, split, side))
+        if settings.iw_samples:
+            results["importance_weighted"] = importance_weighted_loglik(
+                fitted.model, fitted.best_params, split, side, settings.iw_samples, train_config.seed,
+                snapshot=fitted.snapshot,
+            )
     return results
 
 
@@ -382,25 +355,20 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, log: Callable[[str], None] 
         raise FileNotFoundError(f"no saved split in {workdir}")
     previous = json.loads((workdir / "results.json").read_text()) if (workdir / "results.json").exists() else {}
     train_config = TrainConfig(**_tuples(config["train"]))
-    if model_config.kind not in ("vae", "dae"):
+    if not is_neural(model_config):
         return run(settings, model_config, train_config, progress=False, log=log)
     side = load_side_features(settings, split)
-    catalogue = None
-    if settings.item_shards:
-        from hvae_jax import large_catalogue
-
-        options = catalogue_options(settings)
-        batch_size = min(train_config.batch_size, split.train.shape[0])
-        catalogue = large_catalogue.plan(split.n_items, batch_size, options["logits_budget_bytes"],
-                                         options["catalogue_mesh"], settings.ks)
-        trained = previous.get("catalogue_layout")
-        if trained is not None and trained["n_padded"] != catalogue.layout.n_padded:
-            raise ValueError(
-                f"{workdir} was trained with its catalogue padded to {trained['n_padded']} items over "
-                f"{trained['n_shards']} devices; here it would be {catalogue.layout.n_padded} over "
-                f"{catalogue.layout.n_shards}: evaluate with as many devices (--item-shards) as training had"
-            )
-    model = build_model(model_config, split.n_items if catalogue is None else catalogue.layout.n_padded)
+    options = catalogue_options(settings)
+    path = input_paths.resolve(model_config, train_config, split.train, ks=settings.ks, **options)
+    trained = previous.get("catalogue_layout")
+    if path.name == "item_sharded" and trained is not None and trained["n_padded"] != path.catalogue.layout.n_padded:
+        layout = path.catalogue.layout
+        raise ValueError(
+            f"{workdir} was trained with its catalogue padded to {trained['n_padded']} items over "
+            f"{trained['n_shards']} devices; here it would be {layout.n_padded} over {layout.n_shards}: evaluate "
+            "with as many devices (--item-shards) as training had"
+        )
+    model = path.model
     n_side = 0 if side is None else side["train"].shape[1]
     abstract = abstract_like(jax.eval_shape(lambda: init_params(model, n_side, key=jax.random.key(0))))
     checkpoints = Checkpoints(workdir)
@@ -415,17 +383,10 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, log: Callable[[str], None] 
         params = restored[0]
     checkpoints.close()
     results = dict(previous)
-    if catalogue is not None:
-        params = large_catalogue.shard_params(model_config, params, catalogue)
-    evaluator = neural_evaluator(model, settings, train_config, split, catalogue)
-    results.update(_evaluate_both(evaluator, params, split, side))
+    results.update(_evaluate_both(path.eval_step(settings.ks), path.place(params), split, side))
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
 def _tuples(fields: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-
-
-def model_config_from_dict(fields: dict) -> ModelConfig:
-    return ModelConfig(**_tuples(fields))

@@ -21,6 +21,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from hvae_jax.models.item_sharded import ITEM_AXIS
+
 DATA_AXIS = "data"
 
 
@@ -47,6 +49,12 @@ def device_mesh(axis_name: str, n_devices: int | None = None) -> Mesh:
             raise ValueError(f"asked for {n_devices} devices but JAX sees {len(devices)}: {devices}")
         devices = devices[:n_devices]
     return Mesh(np.asarray(devices), (axis_name,))
+
+
+def item_mesh(n_devices: int | None = None) -> Mesh:
+    """A one-axis mesh named "items" over the first `n_devices` devices (default: all): the catalogue split of
+    `models/item_sharded.py`."""
+    return device_mesh(ITEM_AXIS, n_devices)
 
 
 def data_parallel_mesh(n_devices: int | None = None) -> Mesh:

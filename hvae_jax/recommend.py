@@ -21,13 +21,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from hvae_jax.checkpoint import Checkpoints, abstract_like
-from hvae_jax.configs import ModelConfig
+from hvae_jax.configs import NEURAL_KINDS, model_config_from_dict
+from hvae_jax.evaluate import model_scorer
+from hvae_jax.input_paths import pad_columns
 from hvae_jax.data import splits as splits_lib
 from hvae_jax.data.batches import host_dense_rows
 from hvae_jax.models import baselines
 from hvae_jax.models.hvae import build_model, init_params
 
-NEURAL_KINDS = ("vae", "dae")
 DEFAULT_BATCH_SIZE = 256
 _TITLE_FILES = ("movies.csv", "movies.dat", "u.item")
 _UNKNOWN_POLICIES = ("raise", "skip")
@@ -45,17 +46,13 @@ class Recommendation(NamedTuple):
 ScoreFn = Callable[[Any, jax.Array, jax.Array | None], jax.Array]
 
 
-def _padded_input(model: nn.Module, x: jax.Array) -> jax.Array:
-    """x [batch, n_items] widened with zero columns to the model's catalogue (an item-sharded run's model is built
-    at the padded size `CatalogueLayout.n_padded`; its padding items are never inputs)."""
-    return jnp.pad(x, ((0, 0), (0, model.n_items - x.shape[1])))
-
-
 def _neural_scores(model: nn.Module) -> ScoreFn:
+    """Scores of the model's real items for dense rows of the run's catalogue (an item-sharded run's model is built
+    at the padded size; its padding items are never inputs and never recommended)."""
+
     def scores(params, x, side):
-        one_user = lambda x_u, s_u: model.apply({"params": params}, x_u, s_u, None).logits  # noqa: E731
-        logits = jax.vmap(one_user, in_axes=(0, None if side is None else 0))(_padded_input(model, x), side)
-        return logits[:, : x.shape[1]]  # the padding items of an item-sharded run are never recommended
+        logits = model_scorer(model, params)(pad_columns(x, model.n_items), side)
+        return logits[:, : x.shape[1]]
 
     return scores
 
@@ -84,14 +81,10 @@ def _make_posterior_means(model: nn.Module) -> Callable:
     """Jitted `means(params, x, side) -> tuple of [batch, d_l]` posterior means, bottom level first."""
 
     def means(params, x, side):
-        one_user = lambda x_u, s_u: model.apply({"params": params}, x_u, s_u, None).means  # noqa: E731
-        return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(_padded_input(model, x), side)
+        one_user = lambda x_u, s_u: model.apply({"params": params}, x_u, s_u, None, with_kl=False).means  # noqa: E731
+        return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(pad_columns(x, model.n_items), side)
 
     return jax.jit(means)
-
-
-def _tuples(fields: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}
 
 
 def find_titles(settings: Mapping[str, Any]) -> dict[str, str] | None:
@@ -190,7 +183,7 @@ class Recommender:
     """
 
     workdir: pathlib.Path
-    model_config: ModelConfig
+    model_config: Any
     settings: Mapping[str, Any]
     item_ids: np.ndarray
     titles: Mapping[str, str] | None
@@ -216,7 +209,7 @@ class Recommender:
         if not config_path.exists():
             raise FileNotFoundError(f"{config_path} not found: is {workdir} the --workdir of an `hvae train` run?")
         config = json.loads(config_path.read_text())
-        model_config = ModelConfig(**_tuples(config["model"]))
+        model_config = model_config_from_dict(config["model"])
         settings = dict(config["settings"])
         split_path = workdir / "split.npz"
         if not split_path.exists():

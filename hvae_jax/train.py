@@ -1,9 +1,10 @@
-"""Training: one jitted, donated call runs a chunk of updates as a `lax.scan` over batches densified on the device;
-the host loop validates, keeps the best parameters, logs, checkpoints and resumes exactly where it stopped.
+"""Training: a set-up built once (model, input path, optimizer, schedule, keys, jitted updates), one jitted and
+donated call per chunk of updates as a `lax.scan` over batches built on the device, and a short loop whose
+validation, best-parameter keeping, early stopping, logging, checkpoints and progress are hooks (`hooks.py`).
 
-Keys: `key(seed)` splits once into init / train / shuffle keys. Update `s` uses `fold_in(train_key, s)` inside the
-jit and epoch `e` shuffles with `fold_in(shuffle_key, e)`, so a resumed run draws exactly the numbers an
-uninterrupted run would.
+Keys: `key(seed)` splits once into init / train / shuffle keys; evaluation draws from its own stream. Update `s`
+uses `fold_in(train_key, s)` inside the jit and epoch `e` shuffles with `fold_in(shuffle_key, e)`, so a resumed run
+draws exactly the numbers an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -15,218 +16,231 @@ import pathlib
 import time
 from typing import Any, Callable, NamedTuple
 
-import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jax.sharding import Mesh
-
-from hvae_jax import large_catalogue, parallel
+from hvae_jax import hooks, input_paths, parallel
 from hvae_jax.checkpoint import Checkpoints, abstract_like
-from hvae_jax.configs import ModelConfig, TrainConfig
-from hvae_jax.data.batches import DeviceCSR, batch_slots, epoch_order, max_batch_nnz, to_device
-from hvae_jax.models import sparse as sparse_layer
+from hvae_jax.data.batches import epoch_order, to_device
 from hvae_jax.data.splits import Split
-from hvae_jax.evaluate import DEFAULT_KS, active_units, evaluate, make_means_step, neural_eval_step, posterior_means
+from hvae_jax.evaluate import DEFAULT_KS
 from hvae_jax.logs import MetricsLog
-from hvae_jax.models.hvae import build_model, init_params
-from hvae_jax.objectives import batch_loss, beta_per_level
+from hvae_jax.models.hvae import init_params, parameter_group
+from hvae_jax.objectives import needs_snapshot
+from hvae_jax.optimizers import GroupedOptimizer
+from hvae_jax.schedules import Phase, Schedule, build_schedule
 
-VALIDATION_METRIC = "ndcg@100"
-SPARSE_DROPOUT_STREAM = 0x5D0F
+EVAL_STREAM = 0xE7A1
 
 
 class TrainState(NamedTuple):
-    """Everything an update changes: the update counter, parameters and optimizer state."""
+    """Everything an update changes: the update counter, parameters, optimizer state (one per parameter group), and
+    the encoder snapshot that priors such as RecVAE's look at (None when the prior does not)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
+    snapshot: Any = None
 
 
 class RunKeys(NamedTuple):
     init: jax.Array
     train: jax.Array
     shuffle: jax.Array
+    eval: jax.Array
 
 
 def run_keys(seed: int) -> RunKeys:
-    """The run's three independent key streams, split once from the seed."""
-    return RunKeys(*jax.random.split(jax.random.key(seed), 3))
+    """The run's independent key streams: init / train / shuffle split once from the seed, evaluation folded in."""
+    root = jax.random.key(seed)
+    return RunKeys(*jax.random.split(root, 3), jax.random.fold_in(root, EVAL_STREAM))
 
 
-def total_anneal_steps(train: TrainConfig, steps_per_epoch: int) -> int:
-    """Updates over which beta rises: the configured number, or `anneal_epochs` epochs of updates."""
-    if train.total_anneal_steps is not None:
-        return train.total_anneal_steps
-    epochs = train.anneal_epochs if train.anneal_epochs is not None else train.epochs
-    return max(1, epochs * steps_per_epoch)
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss; the message names the epoch and update."""
 
 
-class ParameterAverage(NamedTuple):
-    """The optimizer state of `parameter_average`: the zero-started running sum and the number of updates."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainSetup:
+    """Everything a training run needs, built once from (model config, train config, training matrix, devices).
 
-    count: jax.Array
-    running: Any
-
-
-def parameter_average(decay: float) -> optax.GradientTransformation:
-    """An optax transformation that passes updates through unchanged and keeps an exponential moving average of the
-    parameters after each update: running <- decay running + (1 - decay) p, from zero, read out debiased as
-    running / (1 - decay^count) (as Adam debiases its moments), so the initial parameters carry no special weight.
-    Chained last, its state rides in the optimizer state, so checkpoints and exact resumption carry it."""
-
-    def init(params):
-        return ParameterAverage(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
-
-    def update(updates, state, params):
-        new_params = optax.apply_updates(params, updates)
-        running = jax.tree.map(lambda r, p: decay * r + (1.0 - decay) * p, state.running, new_params)
-        return updates, ParameterAverage(state.count + 1, running)
-
-    return optax.GradientTransformation(init, update)
-
-
-def averaged_params(state: ParameterAverage, decay: float, params):
-    """The debiased running average of `parameter_average(decay)`'s `state`; `params` before any update."""
-    correction = 1.0 - decay ** state.count.astype(jnp.float32)
-    return jax.tree.map(lambda r, p: jnp.where(state.count > 0, r / jnp.maximum(correction, 1e-12), p),
-                        state.running, params)
-
-
-def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
-    """Adam at `train.learning_rate`, followed by `parameter_average` when `train.average_decay` is set."""
-    adam = optax.adam(train.learning_rate)
-    return optax.chain(adam, parameter_average(train.average_decay)) if train.average_decay else adam
-
-
-def evaluation_params(train: TrainConfig, state: "TrainState"):
-    """The parameters to validate and report: the debiased running average when `train.average_decay` is set."""
-    if not train.average_decay:
-        return state.params
-    return averaged_params(state.opt_state[1], train.average_decay, state.params)
-
-
-def create_state(model: nn.Module, optimizer: optax.GradientTransformation, n_side_features: int, *, key) -> TrainState:
-    params = init_params(model, n_side_features, key=key)
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-
-
-SPARSE_BELOW_DENSITY = 0.01
-
-
-def resolve_input_path(train: TrainConfig, matrix) -> str:
-    """"dense" or "sparse" for `train.input_path`, deciding "auto" from the training matrix's density."""
-    if train.input_path != "auto":
-        return train.input_path
-    density = matrix.nnz / max(1, matrix.shape[0] * matrix.shape[1])
-    return "sparse" if density < SPARSE_BELOW_DENSITY else "dense"
-
-
-def make_update(
-    model: nn.Module,
-    train: TrainConfig,
-    optimizer: optax.GradientTransformation,
-    *,
-    max_nnz: int,
-    anneal_steps: int,
-    mesh: Mesh | None = None,
-    catalogue: large_catalogue.Catalogue | None = None,
-) -> Callable:
-    """Builds one update, `update(state, rows, train_key, matrix, side) -> (state, metrics)`, un-jitted.
-
-    The batch `rows` ([batch] training-row indices, -1 pads) is densified on the device; with a `mesh` the dense
-    batch is sharded over its devices and XLA reduces the gradient across them. `train.input_path` "auto" means
-    "dense" here; `fit` resolves it from the data first (`resolve_input_path`). With a `catalogue` the model's
-    n_items-wide layers are split over its devices and scored in chunks (`large_catalogue.py`); the input is sparse.
+    `fit`, `fit_ensemble` and the benchmarks share it: `init_state`, `run_epoch` (one pass, jitted chunks) and
+    `make_update` (one update, un-jitted, for vmapping or inspection).
     """
-    config: ModelConfig = model.config
-    if catalogue is not None:
-        large_catalogue.check_supported(config)
+
+    model_config: Any
+    train: Any
+    path: input_paths.InputPath
+    optimizer: GroupedOptimizer
+    schedule: Schedule
+    keys: RunKeys
+    n_train: int
+    batch_size: int
+    steps_per_epoch: int
+    uses_snapshot: bool
+    _chunks: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        model_config,
+        train,
+        train_matrix,
+        *,
+        mesh: Mesh | None = None,
+        catalogue_mesh: Mesh | None = None,
+        logits_budget_bytes: int = input_paths.DEFAULT_LOGITS_BUDGET_BYTES,
+        ks=DEFAULT_KS,
+    ) -> "TrainSetup":
+        n_train = train_matrix.shape[0]
+        if n_train == 0:
+            raise ValueError("the training matrix has no users")
+        batch_size = min(train.batch_size, n_train)
         if mesh is not None:
-            raise ValueError("an item-sharded catalogue and a data-parallel mesh cannot be combined (yet)")
-        train = dataclasses.replace(train, input_path="sparse")
+            parallel.check_batch_size(batch_size, mesh)
+        steps_per_epoch = math.ceil(n_train / batch_size)
+        path = input_paths.resolve(model_config, train, train_matrix, batch_size=batch_size, mesh=mesh,
+                                   catalogue_mesh=catalogue_mesh, logits_budget_bytes=logits_budget_bytes, ks=ks)
+        schedule = build_schedule(train, n_levels=model_config.n_levels, steps_per_epoch=steps_per_epoch)
+        optimizer = GroupedOptimizer(train, functools.partial(parameter_group, model_config))
+        return cls(model_config, train, path, optimizer, schedule, run_keys(train.seed), n_train, batch_size,
+                   steps_per_epoch, needs_snapshot(path.model))
 
-    n_slots = sparse_layer.padded_slots(max_nnz) if train.input_path == "sparse" else max_nnz
-    # The sparse path reads the multinomial likelihood at the positives and never builds the dense rows.
-    dense_rows = train.input_path == "dense" or config.likelihood != "multinomial"
+    @property
+    def model(self):
+        return self.path.model
 
-    def update(state: TrainState, rows: jax.Array, train_key, matrix: DeviceCSR, side):
-        slots = batch_slots(matrix, rows, n_slots)
-        x = None
-        if dense_rows:
-            x = jnp.zeros((rows.shape[0], model.n_items), jnp.float32)
-            x = x.at[slots.row, slots.item].add(slots.is_real.astype(jnp.float32))
-            if mesh is not None:
-                x = jax.lax.with_sharding_constraint(x, parallel.batch_matrix(mesh))
-        batch_side = None if side is None else side[jnp.maximum(rows, 0)]
-        betas = beta_per_level(train, config, state.step, anneal_steps)
-        key = jax.random.fold_in(train_key, state.step)
-        user_weights = (rows >= 0).astype(jnp.float32)
-        sparse_input = None
-        if train.input_path == "sparse":
-            # A stream of its own, so the users' keys (and their epsilons) match the dense path's.
-            dropout_key = jax.random.fold_in(key, SPARSE_DROPOUT_STREAM)
-            sparse_input = sparse_layer.sparse_input_from_slots(slots, config.input_dropout, key=dropout_key)
-        if catalogue is not None:
-            loss_fn = functools.partial(
-                large_catalogue.batch_loss, model=model, train=train, catalogue=catalogue, slots=slots,
-                sparse_input=sparse_input, side=batch_side, user_weights=user_weights, betas=betas, key=key,
-            )
-        else:
-            loss_fn = functools.partial(
-                batch_loss, model=model, train=train, x=x, side=batch_side, user_weights=user_weights, betas=betas,
-                key=key, sparse_input=sparse_input, positives=None if dense_rows else slots,
-            )
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, beta=betas[0] if betas.shape[0] else jnp.zeros(()))
-        return TrainState(state.step + 1, params, opt_state), metrics
+    def init_state(self, n_side_features: int = 0, *, key: jax.Array | None = None) -> TrainState:
+        """The initial state (from the run's init key unless `key` is given), placed on the path's devices."""
+        params = init_params(self.model, n_side_features, key=self.keys.init if key is None else key)
+        snapshot = jax.tree.map(jnp.copy, params) if self.uses_snapshot else None
+        state = TrainState(jnp.zeros((), jnp.int32), params, self.optimizer.init(params), snapshot)
+        return self.path.place(state)
 
-    return update
+    def evaluation_params(self, state: TrainState):
+        """The parameters to validate and report: the debiased running average with `average_decay`."""
+        return self.optimizer.evaluation_params(state.opt_state, state.params)
+
+    def make_update(self, phase: Phase) -> Callable:
+        """`update(state, rows, train_key, matrix, side) -> (state, metrics)`, un-jitted: one optimizer step of
+        `phase`'s parameter groups on the training rows `rows` ([batch], -1 pads)."""
+        path, schedule, optimizer = self.path, self.schedule, self.optimizer
+
+        def update(state: TrainState, rows: jax.Array, train_key, matrix, side):
+            key = jax.random.fold_in(train_key, state.step)
+            betas = schedule.betas(state.step)
+
+            def loss(params):
+                return path.loss_of_rows(params, state.snapshot, rows, matrix, side, key=key, betas=betas,
+                                       kl_weights_fn=schedule.per_user_kl_weights, dropout=phase.dropout)
+
+            if phase.groups is None:
+                (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+            else:
+                # Differentiate the updated groups only: the frozen ones cost no backward pass.
+                trainable, frozen = _partition(state.params, optimizer.label, phase.groups)
+                (_, metrics), grads = jax.value_and_grad(lambda t: loss(_merge(t, frozen)), has_aux=True)(trainable)
+            params, opt_state = optimizer.update(grads, state.opt_state, state.params, phase.groups)
+            metrics = dict(metrics, beta=betas[0] if betas.shape[0] else jnp.zeros(()))
+            return TrainState(state.step + 1, params, opt_state, state.snapshot), metrics
+
+        return update
+
+    def update_chunk(self, phase: Phase) -> Callable:
+        """`chunk(state, user_order, train_key, matrix, side) -> (state, metrics)`: `user_order` [n_steps, batch]
+        scanned, one update per row, in one jit with the state donated; per-update metrics stacked."""
+        if phase.name not in self._chunks:
+            update = self.make_update(phase)
+
+            @functools.partial(jax.jit, donate_argnums=(0,))
+            def chunk(state, user_order, train_key, matrix, side):
+                return jax.lax.scan(lambda s, rows: update(s, rows, train_key, matrix, side), state, user_order)
+
+            self._chunks[phase.name] = chunk
+        return self._chunks[phase.name]
+
+    def run_epoch(self, state: TrainState, epoch: int, matrix, side) -> tuple[TrainState, dict[str, np.ndarray]]:
+        """One pass over the training users in the order epoch `epoch` (from 1) shuffles them."""
+        phase = self.schedule.phase_of(epoch)
+        if self.uses_snapshot and self.schedule.takes_snapshot(epoch):
+            state = state._replace(snapshot=jax.tree.map(jnp.copy, state.params))
+        order = epoch_order(jax.random.fold_in(self.keys.shuffle, epoch), self.n_train, self.batch_size)
+        chunk_update = self.update_chunk(phase)
+        chunk_metrics = []
+        for start in range(0, self.steps_per_epoch, self.train.steps_per_dispatch):
+            rows = order[start : start + self.train.steps_per_dispatch]
+            if self.path.mesh is not None:
+                rows = jax.device_put(rows, parallel.batch_rows(self.path.mesh))
+            state, metrics = chunk_update(state, rows, self.keys.train, matrix, side)
+            chunk_metrics.append(metrics)
+        return state, jax.tree.map(lambda *m: np.concatenate([np.asarray(a) for a in m]), *chunk_metrics)
 
 
-def make_update_chunk(model: nn.Module, train: TrainConfig, optimizer: optax.GradientTransformation, **kwargs):
-    """Builds `update_chunk(state, user_order, train_key, matrix, side) -> (state, metrics)`.
+def _partition(params, label: Callable, groups: tuple[str, ...]):
+    """(the leaves of `groups`, the others), each a nested dict with the parameters' paths."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    inside = {path: leaf for path, leaf in flat.items() if label(path) in groups}
+    outside = {path: leaf for path, leaf in flat.items() if label(path) not in groups}
+    return flax.traverse_util.unflatten_dict(inside), flax.traverse_util.unflatten_dict(outside)
 
-    `user_order` is [n_steps, batch] training-row indices (-1 pads); the call scans over its rows, one update per
-    row, inside a single jit with the state donated. Returns per-update metrics stacked along the first axis.
-    Keyword arguments go to `make_update`.
-    """
-    update = make_update(model, train, optimizer, **kwargs)
 
-    @functools.partial(jax.jit, donate_argnums=(0,))
-    def update_chunk(state, user_order, train_key, matrix, side):
-        return jax.lax.scan(lambda s, rows: update(s, rows, train_key, matrix, side), state, user_order)
+def _merge(*trees):
+    merged = {}
+    for tree in trees:
+        merged.update(flax.traverse_util.flatten_dict(tree))
+    return flax.traverse_util.unflatten_dict(merged)
 
-    return update_chunk
+
+def check_finite(metrics: dict[str, np.ndarray], epoch: int, last_step: int) -> None:
+    """Raises `DivergenceError` naming the first update of the epoch whose loss is not finite."""
+    losses = np.asarray(metrics["loss"])
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if len(bad):
+        step = last_step - len(losses) + int(bad[0]) + 1
+        raise DivergenceError(
+            f"training diverged: the loss became {losses[bad[0]]} at update {step} (epoch {epoch}); the checkpoint of "
+            "the last finished epoch is kept. Lower the learning rate (--lr) or check the input data"
+        )
 
 
 @dataclasses.dataclass
 class FitResult:
-    """What `fit` hands back: the best parameters and the loop's record."""
+    """What `fit` hands back.
 
-    model: nn.Module
+    Attributes:
+      best_epoch: the validated epoch whose parameters `best_params` are, or None when nothing was validated (then
+        `best_params` are the last epoch's evaluation parameters and `epochs_run` says which epoch that was).
+      path: the input path (its model, and the item-sharded catalogue layout where used).
+      snapshot: the encoder snapshot of the final state (priors that need it), else None.
+    """
+
+    model: Any
     best_params: Any
     final_params: Any
     history: list[dict]
-    best_epoch: int
+    best_epoch: int | None
     best_validation: dict | None
     epochs_run: int
     train_seconds: float
     compile_seconds: float
     users_per_second: float
     resumed_from: int | None
-    catalogue: large_catalogue.Catalogue | None = None
+    path: input_paths.InputPath | None = None
+    snapshot: Any = None
+    stopped_early: bool = False
+
+    @property
+    def catalogue(self) -> input_paths.Catalogue | None:
+        return getattr(self.path, "catalogue", None)
 
 
 def fit(
-    model_config: ModelConfig,
-    train: TrainConfig,
+    model_config,
+    train,
     split: Split,
     workdir: str | pathlib.Path,
     *,
@@ -236,7 +250,7 @@ def fit(
     stop_after_epochs: int | None = None,
     mesh: Mesh | None = None,
     catalogue_mesh: Mesh | None = None,
-    logits_budget_bytes: int = large_catalogue.DEFAULT_LOGITS_BUDGET_BYTES,
+    logits_budget_bytes: int = input_paths.DEFAULT_LOGITS_BUDGET_BYTES,
     log: Callable[[str], None] = print,
 ) -> FitResult:
     """Trains a neural model on `split.train`, validating on `split.valid` after every `eval_every` epochs.
@@ -250,223 +264,158 @@ def fit(
       stop_after_epochs: end this call after so many epochs (to simulate an interruption); the checkpoint lets a
         later call continue.
       mesh: train data-parallel over this mesh's devices (`parallel.data_parallel_mesh()`); None: one device.
-      catalogue_mesh: split the model's n_items-wide layers over this mesh's devices
-        (`models/item_sharded.item_mesh()`) and score items in chunks whose [batch, chunk] float32 logits fit
-        `logits_budget_bytes` per device (`large_catalogue.py`), for catalogues too large for dense logits. The
-        model is built at the padded catalogue size `FitResult.catalogue.layout.n_padded`; active units are not
-        logged on this path.
+      catalogue_mesh: split the model's n_items-wide layers over this mesh's devices (`parallel.item_mesh()`) and
+        score items in chunks whose [batch, chunk] float32 logits fit `logits_budget_bytes` per device
+        (`input_paths.ItemShardedPath`); the model is built at the padded catalogue size.
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    catalogue = None
+    setup = TrainSetup.build(model_config, train, split.train, mesh=mesh, catalogue_mesh=catalogue_mesh,
+                             logits_budget_bytes=logits_budget_bytes, ks=ks)
     if catalogue_mesh is not None:
-        catalogue = large_catalogue.plan(
-            split.n_items, min(train.batch_size, split.train.shape[0]), logits_budget_bytes, catalogue_mesh, ks
-        )
-        layout = catalogue.layout
-        log(f"item-sharded catalogue: {layout.n_items} items padded to {layout.n_padded}, {layout.n_shards} devices "
-            f"x {layout.chunks_per_shard} chunks of {layout.chunk}")
-    model = build_model(model_config, split.n_items if catalogue is None else catalogue.layout.n_padded)
-    optimizer = make_optimizer(train)
-    keys = run_keys(train.seed)
+        log(input_paths.describe(setup.path))
     side = side_features or {}
     n_side = 0 if side.get("train") is None else side["train"].shape[1]
-
-    n_train = split.train.shape[0]
-    batch_size = min(train.batch_size, n_train)
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    anneal_steps = total_anneal_steps(train, steps_per_epoch)
-    train = dataclasses.replace(train, input_path=resolve_input_path(train, split.train))
-    update_chunk = make_update_chunk(
-        model, train, optimizer, max_nnz=max_batch_nnz(split.train, batch_size), anneal_steps=anneal_steps, mesh=mesh,
-        catalogue=catalogue,
-    )
     matrix = to_device(split.train)
     train_side = None if n_side == 0 else jnp.asarray(side["train"], jnp.float32)
     if mesh is not None:
-        parallel.check_batch_size(batch_size, mesh)
         matrix, train_side = jax.device_put((matrix, train_side), parallel.replicated(mesh))
-    if catalogue is None:
-        eval_step = neural_eval_step(model, ks, input_path=train.input_path)
-    else:
-        eval_step = large_catalogue.make_eval_step(model, catalogue, ks)
-    means_step = make_means_step(model) if model_config.kind == "vae" and catalogue is None else None
 
     checkpoints = Checkpoints(workdir)
-    state = create_state(model, optimizer, n_side, key=keys.init)
-    if catalogue is not None:
-        state = large_catalogue.shard_params(model_config, state, catalogue)
-    history: list[dict] = []
-    best = {"epoch": 0, "validation": None, "metric": -math.inf, "epochs_without_improvement": 0}
-    start_epoch = 1
-    resumed_from = None
+    state = setup.init_state(n_side)
+    loop = hooks.LoopState()
     restored = checkpoints.restore("latest", abstract_like(state))
     if restored is not None:
         state, record = restored
-        best = record["best"]
-        history = record["history"]
-        start_epoch = record["epoch"] + 1
-        resumed_from = record["epoch"]
-        log(f"resuming from epoch {record['epoch']} (update {int(state.step)}) in {workdir}")
+        loop = hooks.LoopState.from_record(record)
+        log(f"resuming from epoch {loop.epoch} (update {int(state.step)}) in {workdir}")
+        if loop.best_epoch is not None:
+            best = checkpoints.restore("best", abstract_like(state.params))
+            loop.best_params = None if best is None else best[0]
+    resumed_from = loop.epoch if restored is not None else None
     # In a multi-host run every process trains; the first one alone writes the log.
     metrics_log = MetricsLog(workdir, resume_epoch=resumed_from) if jax.process_index() == 0 else None
-    if mesh is not None:
-        state = jax.device_put(state, parallel.replicated(mesh))
-    best_params = state.params
-    if resumed_from is not None and best["validation"] is not None:
-        best_restored = checkpoints.restore("best", abstract_like(state.params))
-        best_params = best_restored[0] if best_restored is not None else state.params
-    best_params = jax.tree.map(jnp.copy, best_params)
+    loop_hooks = _default_hooks(setup, split, side, checkpoints, metrics_log, ks=ks, progress=progress, log=log,
+                                initial_epoch=loop.epoch)
 
-    train_seconds = 0.0
-    compile_seconds = 0.0
-    timed_users = 0
-    epochs_done = 0
-    stopped_early = best.get("stopped_early", False)
-    bar = tqdm(
-        total=train.epochs, initial=start_epoch - 1, desc=f"train {model_config.kind}", unit="epoch",
-        disable=not progress, dynamic_ncols=True,
-    )
+    train_seconds = compile_seconds = 0.0
+    timed_users = epochs_done = 0
+    start_epoch = loop.epoch + 1
     for epoch in range(start_epoch, train.epochs + 1):
-        if stopped_early or (stop_after_epochs is not None and epochs_done >= stop_after_epochs):
+        if loop.should_stop or (stop_after_epochs is not None and epochs_done >= stop_after_epochs):
             break
         epoch_start = time.perf_counter()
-        order = epoch_order(jax.random.fold_in(keys.shuffle, epoch), n_train, batch_size)
-        chunk_metrics = []
-        for chunk_start in range(0, steps_per_epoch, train.steps_per_dispatch):
-            chunk = order[chunk_start : chunk_start + train.steps_per_dispatch]
-            if mesh is not None:
-                chunk = jax.device_put(chunk, parallel.batch_rows(mesh))
-            state, metrics = update_chunk(state, chunk, keys.train, matrix, train_side)
-            chunk_metrics.append(metrics)
-        epoch_metrics = jax.tree.map(lambda *m: np.concatenate([np.asarray(a) for a in m]), *chunk_metrics)
+        state, metrics = setup.run_epoch(state, epoch, matrix, train_side)
         seconds = time.perf_counter() - epoch_start
+        check_finite(metrics, epoch, int(state.step))
         if epoch == start_epoch:
             compile_seconds = seconds  # the first epoch of a call includes compilation
         else:
             train_seconds += seconds
-            timed_users += n_train
-
-        loss = float(np.mean(epoch_metrics["loss"]))
-        if not np.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss} in epoch {epoch}; lower --learning-rate or check the input data"
-            )
-        row = {
-            "epoch": epoch,
-            "step": int(state.step),
-            "loss": loss,
-            "nll": float(np.mean(epoch_metrics["nll"])),
-            "kl": [float(v) for v in np.mean(epoch_metrics["kl"], axis=0)] if epoch_metrics["kl"].ndim == 2 else [],
-            "beta": float(epoch_metrics["beta"][-1]),
-            "train_seconds": seconds,
-        }
-        if split.valid is not None and (epoch % train.eval_every == 0 or epoch == train.epochs):
-            params = evaluation_params(train, state)
-            validation = evaluate(eval_step, params, split.valid, side_features=side.get("valid"))
-            row["valid"] = validation
-            if means_step is not None:
-                # Burda et al.'s active units per level, every validated epoch, so posterior collapse shows.
-                level_means = posterior_means(model, params, split.valid, side.get("valid"), means_step=means_step)
-                row["active_units"] = [active_units(means) for means in level_means]
-            if validation[VALIDATION_METRIC] > best["metric"]:
-                best.update(epoch=epoch, validation=validation, metric=validation[VALIDATION_METRIC])
-                best["epochs_without_improvement"] = 0
-                best_params = jax.tree.map(jnp.copy, params)
-                checkpoints.save("best", epoch, best_params, {"epoch": epoch, "validation": validation})
-            else:
-                best["epochs_without_improvement"] += train.eval_every
-            if train.early_stopping is not None and best["epochs_without_improvement"] >= train.early_stopping:
-                stopped_early = True
-                best["stopped_early"] = True
-                log(f"early stopping after epoch {epoch}: no validation improvement in {train.early_stopping} epochs")
-        history.append(row)
-        if metrics_log is not None:
-            metrics_log.write(row)
-        checkpoints.save("latest", epoch, state, {"epoch": epoch, "best": best, "history": history})
+            timed_users += setup.n_train
+        loop.epoch, loop.state = epoch, state
+        loop.row = hooks.epoch_row(epoch, int(state.step), metrics, seconds, setup.schedule.phase_of(epoch).name)
+        loop.evaluation_params = setup.evaluation_params(state)
+        for hook in loop_hooks:
+            hook.after_epoch(loop)
         epochs_done += 1
-        postfix = {"loss": f"{loss:.2f}", "beta": f"{row['beta']:.3f}"}
-        if "valid" in row:
-            postfix[VALIDATION_METRIC] = f"{row['valid'][VALIDATION_METRIC]:.4f}"
-        bar.set_postfix(postfix)
-        bar.update(1)
-    bar.close()
-    if metrics_log is not None:
-        metrics_log.close()
-    checkpoints.close()
+    for hook in loop_hooks:
+        hook.close(loop)
 
-    if split.valid is None or best["validation"] is None:
-        best_params = evaluation_params(train, state)
+    if loop.best_epoch is None or loop.best_params is None:
+        best_params = setup.evaluation_params(state)
+    else:
+        best_params = loop.best_params
     return FitResult(
-        model=model,
+        model=setup.model,
         best_params=best_params,
         final_params=state.params,
-        history=history,
-        best_epoch=best["epoch"],
-        best_validation=best["validation"],
-        epochs_run=history[-1]["epoch"] if history else 0,
+        history=loop.history,
+        best_epoch=loop.best_epoch,
+        best_validation=loop.best_validation,
+        epochs_run=loop.history[-1]["epoch"] if loop.history else loop.epoch,
         train_seconds=train_seconds,
         compile_seconds=compile_seconds,
         # With a single epoch there is no compile-free timing; then the first epoch's time stands in.
         users_per_second=(timed_users / train_seconds) if train_seconds > 0 else (
-            n_train * epochs_done / compile_seconds if compile_seconds > 0 else 0.0
+            setup.n_train * epochs_done / compile_seconds if compile_seconds > 0 else 0.0
         ),
         resumed_from=resumed_from,
-        catalogue=catalogue,
+        path=setup.path,
+        snapshot=state.snapshot,
+        stopped_early=loop.stopped_early,
     )
+
+
+def _default_hooks(setup: TrainSetup, split: Split, side: dict, checkpoints: Checkpoints, metrics_log, *, ks,
+                   progress: bool, log, initial_epoch: int) -> list[hooks.Hook]:
+    """Validation, best keeping, early stopping, logging, checkpoints and progress, in that order."""
+    train = setup.train
+    loop_hooks: list[hooks.Hook] = []
+    if split.valid is not None:
+        loop_hooks += [
+            hooks.Validation(
+                setup.path.eval_step(ks), split.valid, every=train.eval_every, last_epoch=train.epochs,
+                side=side.get("valid"), model=setup.model,
+                # Active units need dense rows; the item-sharded path never builds them.
+                with_active_units=setup.model_config.kind == "vae" and setup.path.name != "item_sharded",
+            ),
+            hooks.KeepBest(checkpoints),
+            hooks.EarlyStopping(train.early_stopping, every=train.eval_every, start=train.early_stopping_from,
+                                log=log),
+        ]
+    loop_hooks += [
+        hooks.MetricsLogging(metrics_log),
+        hooks.Checkpointing(checkpoints, every=train.checkpoint_every, last_epoch=train.epochs),
+        hooks.Progress(total=train.epochs, initial=initial_epoch, desc=f"train {setup.model_config.label}",
+                       enabled=progress),
+    ]
+    return loop_hooks
 
 
 @dataclasses.dataclass
 class EnsembleResult:
     """Members' final parameters (one pytree per seed) and the ensemble's training throughput."""
 
-    model: nn.Module
+    model: Any
     params: list
     seeds: tuple[int, ...]
     train_seconds: float
     compile_seconds: float
     users_per_second: float
+    path: input_paths.InputPath | None = None
 
 
-def fit_ensemble(
-    model_config: ModelConfig,
-    train: TrainConfig,
-    split: Split,
-    seeds: tuple[int, ...],
-    *,
-    progress: bool = True,
-) -> EnsembleResult:
+def fit_ensemble(model_config, train, split: Split, seeds: tuple[int, ...], *, progress: bool = True) -> EnsembleResult:
     """Trains one model per seed in a single program: the update is vmapped over stacked states.
 
     Member m draws exactly the keys `fit` draws with `seed=seeds[m]` (init, per-update noise, per-epoch shuffle), so
     its parameters equal training it alone, up to float reassociation in the batched matmuls. No validation,
     checkpoints or side features here: evaluate the returned members with `evaluate.evaluate`.
     """
-    model = build_model(model_config, split.n_items)
-    optimizer = make_optimizer(train)
-    n_train = split.train.shape[0]
-    batch_size = min(train.batch_size, n_train)
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    train = dataclasses.replace(train, input_path=resolve_input_path(train, split.train))
-    update = make_update(
-        model, train, optimizer, max_nnz=max_batch_nnz(split.train, batch_size),
-        anneal_steps=total_anneal_steps(train, steps_per_epoch),
-    )
+    setup = TrainSetup.build(model_config, train, split.train)
     member_keys = [run_keys(seed) for seed in seeds]
-    states = [create_state(model, optimizer, 0, key=keys.init) for keys in member_keys]
+    states = [setup.init_state(key=keys.init) for keys in member_keys]
     states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
     train_keys = jnp.stack([keys.train for keys in member_keys])
     shuffle_keys = jnp.stack([keys.shuffle for keys in member_keys])
     matrix = to_device(split.train)
+    n_train, batch_size = setup.n_train, setup.batch_size
 
-    @functools.partial(jax.jit, donate_argnums=(0,))
-    def ensemble_chunk(states, member_orders, train_keys, matrix):
-        # member_orders: [n_members, n_steps, batch] -> scan over steps, vmap over members.
-        members_update = jax.vmap(lambda s, rows, key: update(s, rows, key, matrix, None))
-        return jax.lax.scan(
-            lambda s, rows: members_update(s, rows, train_keys), states, jnp.swapaxes(member_orders, 0, 1)
-        )
+    def ensemble_chunk(phase: Phase):
+        update = setup.make_update(phase)
 
+        @functools.partial(jax.jit, donate_argnums=(0,))
+        def chunk(states, member_orders, train_keys, matrix):
+            # member_orders: [n_members, n_steps, batch] -> scan over steps, vmap over members.
+            members_update = jax.vmap(lambda s, rows, key: update(s, rows, key, matrix, None))
+            return jax.lax.scan(
+                lambda s, rows: members_update(s, rows, train_keys), states, jnp.swapaxes(member_orders, 0, 1)
+            )
+
+        return chunk
+
+    chunks = {phase.name: ensemble_chunk(phase) for phase in setup.schedule.phases}
     orders_for = jax.jit(
         jax.vmap(lambda key, epoch: epoch_order(jax.random.fold_in(key, epoch), n_train, batch_size),
                  in_axes=(0, None))
@@ -474,10 +423,13 @@ def fit_ensemble(
     train_seconds = compile_seconds = 0.0
     for epoch in tqdm(range(1, train.epochs + 1), desc=f"ensemble x{len(seeds)}", disable=not progress):
         start = time.perf_counter()
+        phase = setup.schedule.phase_of(epoch)
+        if setup.uses_snapshot and setup.schedule.takes_snapshot(epoch):
+            states = states._replace(snapshot=jax.tree.map(jnp.copy, states.params))
         orders = orders_for(shuffle_keys, epoch)
-        for chunk_start in range(0, steps_per_epoch, train.steps_per_dispatch):
-            states, _ = ensemble_chunk(states, orders[:, chunk_start : chunk_start + train.steps_per_dispatch],
-                                       train_keys, matrix)
+        for chunk_start in range(0, setup.steps_per_epoch, train.steps_per_dispatch):
+            states, _ = chunks[phase.name](states, orders[:, chunk_start : chunk_start + train.steps_per_dispatch],
+                                           train_keys, matrix)
         jax.block_until_ready(states)
         seconds = time.perf_counter() - start
         if epoch == 1:
@@ -488,10 +440,11 @@ def fit_ensemble(
     users = n_train * len(seeds) * (timed_epochs if timed_epochs else 1)
     params = [jax.tree.map(lambda leaf: leaf[m], states.params) for m in range(len(seeds))]
     return EnsembleResult(
-        model=model,
+        model=setup.model,
         params=params,
         seeds=tuple(seeds),
         train_seconds=train_seconds,
         compile_seconds=compile_seconds,
         users_per_second=users / (train_seconds if timed_epochs else compile_seconds),
+        path=setup.path,
     )

@@ -31,3 +31,21 @@ atexit.register(shutil.rmtree, _compilation_cache_dir, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _compilation_cache_dir)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def standard_dtype_promotion():
+    """Standard dtype promotion for one test: optax's Adam bias correction mixes a Python float with an int32
+    count (see the module docstring). Use with `pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")`."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+@pytest.fixture
+def strict_numerics():
+    """Strict dtype promotion and rank promotion errors, for tests that switch them off elsewhere."""
+    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+        yield

@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hvae_jax.configs import ModelConfig, TrainConfig
-from hvae_jax.models.hvae import HierarchicalVAE, Noise, build_model, draw_noise, init_params
+from hvae_jax.configs import DAEConfig, TrainConfig
+from hvae_jax.configs import VAEConfig as ModelConfig
+from hvae_jax.models.hvae import Noise, build_model, draw_noise, init_params
+from hvae_jax.models.priors import PriorContext, build_prior
 from hvae_jax.objectives import batch_loss, user_terms
 
 N_ITEMS = 24
@@ -126,7 +128,7 @@ def np_top_log_prior(p, config: ModelConfig, z_top):
     if config.prior == "standard":
         return np_log_normal(z_top, np.zeros_like(z_top), np.zeros_like(z_top))
     densities = []
-    for pseudo_input in p["pseudo_inputs"]:
+    for pseudo_input in p["prior"]["pseudo_inputs"]:
         u = np_normalize(np.clip(pseudo_input, 0.0, 1.0))
         mean, logvar = np_head(p[f"posterior_heads_{config.n_levels - 1}"], np_encoder_features(p, config, u)[-1],
                                config.logvar_clip)
@@ -252,7 +254,7 @@ def test_mult_vae_batch_loss_is_the_numpy_loss_averaged_over_users():
 
 
 def test_mult_dae_matches_numpy():
-    config = ModelConfig(kind="dae", dae_latent=7)
+    config = DAEConfig(latents=(7,))
     model, params = model_and_params(config, seed=4)
     assert set(params) == {"encoder", "decoder_output"}
     p = to_numpy(params)
@@ -316,10 +318,14 @@ def test_vamp_prior_log_density_is_the_brute_force_mixture():
     config = HIERARCHIES["ladder_vamp"]
     model, params = model_and_params(config, seed=6)
     # Pseudo-inputs partly outside [0, 1], so the hard-tanh clip matters.
-    params = dict(params, pseudo_inputs=jax.random.uniform(jax.random.key(2), params["pseudo_inputs"].shape,
-                                                           minval=-0.5, maxval=1.5))
+    params = dict(params, prior={"pseudo_inputs": jax.random.uniform(
+        jax.random.key(2), params["prior"]["pseudo_inputs"].shape, minval=-0.5, maxval=1.5)})
     p = to_numpy(params)
-    top_log_prior = functools.partial(model.apply, method=HierarchicalVAE._top_log_prior)
+
+    def top_log_prior(variables, z_top):
+        prior_state = model.apply(variables, method="prepare_prior")
+        return build_prior(config).log_prob(prior_state, z_top, PriorContext())
+
     rng = np.random.default_rng(15)
     for _ in range(3):
         z_top = rng.normal(0.0, 1.0, config.latents[-1])
@@ -357,7 +363,7 @@ def test_ladder_level_one_posterior_is_the_precision_weighted_merge():
 
 ALL_KINDS = {
     "mult_vae": MULT_VAE,
-    "dae": ModelConfig(kind="dae", dae_latent=7),
+    "dae": DAEConfig(latents=(7,)),
     "bottom_up": ModelConfig(latents=(6, 4), hidden=10),
     "ladder_vamp_gated": ModelConfig(latents=(6, 4), hidden=10, inference="ladder", prior="vamp", n_pseudo_inputs=3,
                                      gated=True),

@@ -12,17 +12,26 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.configs import TrainConfig
+from hvae_jax.configs import VAEConfig as ModelConfig
 from hvae_jax.models.hvae import build_model, draw_noise, init_params
-from hvae_jax.objectives import (
-    batch_loss,
-    beta_per_level,
-    importance_weighted_bound,
-    log_likelihood,
-    user_terms,
-    weight_l2,
-)
-from hvae_jax.train import total_anneal_steps
+from hvae_jax.models.likelihoods import build_likelihood
+from hvae_jax.objectives import batch_loss, importance_weighted_bound, user_terms, weight_l2
+from hvae_jax.schedules import build_schedule
+
+
+def log_likelihood(kind, logits, x):
+    return build_likelihood(kind).log_prob(logits, x)
+
+
+def beta_per_level(train, config, step, anneal_steps):
+    """The KL weights of update `step` under Liang's schedule over `anneal_steps` updates."""
+    train = TrainConfig(**{**train.__dict__, "total_anneal_steps": anneal_steps or None, "epochs": 0})
+    return build_schedule(train, n_levels=config.n_levels, steps_per_epoch=1).betas(step)
+
+
+def total_anneal_steps(train, steps_per_epoch):
+    return build_schedule(train, n_levels=1, steps_per_epoch=steps_per_epoch).anneal_steps
 
 N_ITEMS = 20
 MULT_VAE = ModelConfig(latents=(6,), hidden=8)
@@ -148,7 +157,7 @@ def test_user_terms_jit_and_no_jit_agree():
 
 def test_weight_l2_is_the_sum_of_squared_kernels():
     params = looped_terms("vamp_ladder")[1]
-    assert "pseudo_inputs" in params  # excluded, like the biases
+    assert "pseudo_inputs" in params["prior"]  # excluded, like the biases
     np.testing.assert_allclose(float(weight_l2(params)), numpy_kernel_l2(params), rtol=1e-5)
 
 
@@ -160,10 +169,10 @@ def test_gradients_match_finite_differences(name):
     config = MODELS[name]
     model = build_model(config, N_ITEMS)
     params = random_params(model, seed=4, scale=0.3)
-    if "pseudo_inputs" in params:
+    if "prior" in params:
         # Keep the pseudo-inputs away from the kinks of their [0, 1] clip, where finite differences would straddle.
-        params["pseudo_inputs"] = jnp.asarray(
-            np.random.default_rng(0).uniform(0.1, 0.9, params["pseudo_inputs"].shape), jnp.float32
+        params["prior"]["pseudo_inputs"] = jnp.asarray(
+            np.random.default_rng(0).uniform(0.1, 0.9, params["prior"]["pseudo_inputs"].shape), jnp.float32
         )
     x = jnp.asarray(random_users(5, 3))
     weights = jnp.asarray([1.0, 1.0, 0.0])
@@ -190,7 +199,7 @@ def test_free_bits_zero_leaves_a_negative_monte_carlo_kl_alone():
     params = jax.tree.map(jnp.zeros_like, random_params(model, seed=0))
     params["input_layer"]["linear_0"]["kernel"] = params["input_layer"]["linear_0"]["kernel"].at[0, 0].set(a)
     params["posterior_heads_0"]["kernel"] = params["posterior_heads_0"]["kernel"].at[0, 0].set(-epsilon / np.tanh(a))
-    params["pseudo_inputs"] = jnp.asarray([[0.0, 1.0, 0.0, 0.0]])
+    params["prior"]["pseudo_inputs"] = jnp.asarray([[0.0, 1.0, 0.0, 0.0]])
     x = jnp.asarray([[1.0, 0.0, 0.0, 0.0]])
     beta = 0.5
     loss, metrics = jitted_batch_loss(model, TrainConfig())(params, x, jnp.ones(1), jnp.asarray([beta]), key)
@@ -219,9 +228,20 @@ def test_beta_per_level_schedule():
 
 def test_total_anneal_steps():
     assert total_anneal_steps(TrainConfig(total_anneal_steps=1234), steps_per_epoch=7) == 1234
-    assert total_anneal_steps(TrainConfig(total_anneal_steps=None, anneal_epochs=3), steps_per_epoch=7) == 21
     # Neither given: beta rises over the whole run.
     assert total_anneal_steps(TrainConfig(total_anneal_steps=None, anneal_epochs=None, epochs=5), 7) == 35
+
+
+def test_warm_up_reaches_the_cap_exactly_at_anneal_epochs():
+    # Kim & Suh's warm-up: beta = cap * epoch / anneal_epochs (epochs from 1), constant within an epoch.
+    steps_per_epoch = 7
+    schedule = build_schedule(TrainConfig(beta_cap=0.3, anneal_epochs=100, epochs=400), n_levels=2,
+                              steps_per_epoch=steps_per_epoch)
+    for epoch in (1, 2, 50, 99, 100, 101, 400):
+        for step in ((epoch - 1) * steps_per_epoch, epoch * steps_per_epoch - 1):
+            got = np.asarray(schedule.betas(jnp.asarray(step, jnp.int32)))
+            np.testing.assert_allclose(got, [0.3 * min(1.0, epoch / 100)] * 2, rtol=1e-6)
+    assert float(schedule.beta(jnp.asarray(99 * steps_per_epoch, jnp.int32))) == np.float32(0.3)
 
 
 def test_log_likelihood_matches_numpy():

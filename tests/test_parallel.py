@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.configs import TrainConfig
+from hvae_jax.configs import VAEConfig as ModelConfig
 from hvae_jax.data.splits import strong_generalization
 from hvae_jax.data.synthetic import synthetic_interactions
 from hvae_jax.train import fit, fit_ensemble
@@ -50,7 +51,8 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import jax, numpy as np
-    from hvae_jax.configs import ModelConfig, TrainConfig
+    from hvae_jax.configs import TrainConfig
+    from hvae_jax.configs import VAEConfig as ModelConfig
     from hvae_jax.data.splits import strong_generalization
     from hvae_jax.data.synthetic import synthetic_interactions
     from hvae_jax.parallel import data_parallel_mesh

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hvae_jax.checkpoint import Checkpoints
-from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.configs import EASEConfig, PopularityConfig, TrainConfig, VAEConfig, model_config_to_dict
 from hvae_jax.data import splits as splits_lib
 from hvae_jax.data.synthetic import synthetic_interactions
 from hvae_jax.experiment import RunSettings, run
@@ -44,7 +44,7 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
     return folder
 
 
-def _train(workdir: pathlib.Path, data_dir: pathlib.Path, model: ModelConfig, **settings) -> pathlib.Path:
+def _train(workdir: pathlib.Path, data_dir: pathlib.Path, model, **settings) -> pathlib.Path:
     # optax's Adam bias correction mixes a Python float with an int32 count, which strict dtype promotion (set for
     # the whole suite in conftest.py) rejects; rank promotion keeps raising.
     with jax.numpy_dtype_promotion("standard"):
@@ -60,7 +60,7 @@ def _train(workdir: pathlib.Path, data_dir: pathlib.Path, model: ModelConfig, **
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, data_dir) -> pathlib.Path:
-    return _train(tmp_path_factory.mktemp("hvae"), data_dir, ModelConfig(kind="vae", latents=LATENTS, hidden=HIDDEN))
+    return _train(tmp_path_factory.mktemp("hvae"), data_dir, VAEConfig(latents=LATENTS, hidden=HIDDEN))
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +248,7 @@ def test_ease_run_is_refitted_with_its_recorded_weight(workdir, split, tmp_path)
     for name in ("split.npz", "split.json"):
         shutil.copy(workdir / name, ease_dir / name)
     config = json.loads((workdir / "config.json").read_text())
-    config["model"] = dataclasses.asdict(ModelConfig(kind="ease"))
+    config["model"] = model_config_to_dict(EASEConfig())
     (ease_dir / "config.json").write_text(json.dumps(config))
     (ease_dir / "results.json").write_text(json.dumps({"ease_lambda": 50.0}))
     (items,) = Recommender.load(ease_dir).recommend([["i1", "i2"]], k=5)
@@ -267,7 +267,7 @@ def test_ease_run_is_refitted_with_its_recorded_weight(workdir, split, tmp_path)
 
 
 def test_popularity_run_is_refitted_from_the_split(tmp_path, data_dir, split):
-    workdir = _train(tmp_path / "pop", data_dir, ModelConfig(kind="popularity"))
+    workdir = _train(tmp_path / "pop", data_dir, PopularityConfig())
     recommender = Recommender.load(workdir)
     (items,) = recommender.recommend([["i1"]], k=5)
     counts = np.bincount(split.train.indices, minlength=N_ITEMS).astype(np.float64)
@@ -286,7 +286,7 @@ def _side_feature_workdir(tmp_path: pathlib.Path, trained: pathlib.Path, feature
     for name in ("split.npz", "split.json"):
         shutil.copy(trained / name, workdir / name)
     config = json.loads((trained / "config.json").read_text())
-    model_config = ModelConfig(kind="vae", latents=(8,), hidden=16)
+    model_config = VAEConfig(latents=(8,), hidden=16)
     config["model"] = dataclasses.asdict(model_config)
     config["settings"].update(user_features=str(features), workdir=str(workdir))
     (workdir / "config.json").write_text(json.dumps(config))

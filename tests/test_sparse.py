@@ -3,29 +3,24 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-import scipy.sparse as sp
+from helpers import one_update, random_binary_csr
 
-from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.configs import DAEConfig, TrainConfig
+from hvae_jax.configs import VAEConfig as ModelConfig
 from hvae_jax.data.batches import batch_slots, max_batch_nnz, to_device
+from hvae_jax.data.splits import EvalSet
+from hvae_jax.evaluate import evaluate
+from hvae_jax.input_paths import choose_path_name, neural_eval_step
 from hvae_jax.models import sparse as sparse_layer
-from hvae_jax.models.hvae import build_model
+from hvae_jax.models.hvae import build_model, init_params
 from hvae_jax.models.sparse import sparse_input_from_slots
-from hvae_jax.train import create_state, make_update, resolve_input_path
 
-
-@pytest.fixture(autouse=True)
-def _standard_dtype_promotion():
-    # optax's Adam bias correction mixes a Python float with an int32 count (see tests/conftest.py).
-    with jax.numpy_dtype_promotion("standard"):
-        yield
+pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
 
 def _matrix(n_rows=200, n_items=300, density=0.05, seed=1):
-    matrix = sp.random(n_rows, n_items, density=density, random_state=seed, format="csr")
-    matrix.data[:] = 1.0
-    return matrix
+    return random_binary_csr(n_rows, n_items, density, seed)
 
 
 ROWS = jnp.asarray(list(range(0, 120, 2)) + [-1] * 4, jnp.int32)
@@ -40,9 +35,9 @@ def test_project_equals_dense_matmul_and_its_gradient():
     dense = np.zeros((len(ROWS), matrix.shape[1]), np.float32)
     np.add.at(dense, (np.asarray(slots.row), np.asarray(slots.item)), np.asarray(values))
     kernel = jax.random.normal(jax.random.key(1), (matrix.shape[1], 16))
-    projected = sparse_layer.project(kernel, sparse_input, len(ROWS))
+    projected = sparse_layer.gather_project(kernel, sparse_input, len(ROWS))
     np.testing.assert_allclose(projected, dense @ np.asarray(kernel), rtol=1e-5, atol=1e-5)
-    loss_sparse = lambda k: jnp.sum(jnp.sin(sparse_layer.project(k, sparse_input, len(ROWS))))  # noqa: E731
+    loss_sparse = lambda k: jnp.sum(jnp.sin(sparse_layer.gather_project(k, sparse_input, len(ROWS))))  # noqa: E731
     loss_dense = lambda k: jnp.sum(jnp.sin(jnp.asarray(dense) @ k))  # noqa: E731
     np.testing.assert_allclose(jax.jit(jax.grad(loss_sparse))(kernel), jax.grad(loss_dense)(kernel), atol=1e-5)
 
@@ -62,21 +57,17 @@ def test_slots_hold_exactly_the_rows_entries():
     "config",
     [
         ModelConfig(latents=(8,), hidden=16, input_dropout=0.0),
-        ModelConfig(kind="dae", dae_latent=8, input_dropout=0.0),
+        DAEConfig(latents=(8,), input_dropout=0.0),
         ModelConfig(latents=(8, 4), hidden=16, gated=True, prior="vamp", n_pseudo_inputs=5, input_dropout=0.0),
     ],
     ids=["multvae", "multdae", "two_level_vamp_gated"],
 )
 def test_sparse_update_equals_dense_update(config):
     matrix = _matrix()
-    model = build_model(config, matrix.shape[1])
-    optimizer = optax.adam(1e-3)
     results = {}
     for path in ("dense", "sparse"):
-        update = jax.jit(make_update(model, TrainConfig(input_path=path), optimizer,
-                                     max_nnz=max_batch_nnz(matrix, len(ROWS)), anneal_steps=100))
-        state = create_state(model, optimizer, 0, key=jax.random.key(0))._replace(step=jnp.int32(50))
-        results[path] = update(state, ROWS, jax.random.key(1), to_device(matrix), None)
+        setup, results[path] = one_update(config, matrix, ROWS, input_path=path)
+        assert setup.path.name == path
     (dense_state, dense_metrics), (sparse_state, sparse_metrics) = results["dense"], results["sparse"]
     np.testing.assert_allclose(dense_metrics["loss"], sparse_metrics["loss"], rtol=1e-5)
     for dense_leaf, sparse_leaf in zip(jax.tree.leaves(dense_state.params), jax.tree.leaves(sparse_state.params)):
@@ -97,25 +88,22 @@ def test_sparse_dropout_keeps_the_expected_fraction_and_scale():
 
 
 def test_auto_input_path_follows_density():
-    assert resolve_input_path(TrainConfig(), _matrix(density=0.005)) == "sparse"
-    assert resolve_input_path(TrainConfig(), _matrix(density=0.05)) == "dense"
-    assert resolve_input_path(TrainConfig(input_path="dense"), _matrix(density=0.005)) == "dense"
+    assert choose_path_name(TrainConfig(), _matrix(density=0.005)) == "sparse"
+    assert choose_path_name(TrainConfig(), _matrix(density=0.05)) == "dense"
+    assert choose_path_name(TrainConfig(input_path="dense"), _matrix(density=0.005)) == "dense"
 
 
-@pytest.mark.parametrize("config", [ModelConfig(latents=(8,), hidden=16), ModelConfig(kind="dae", dae_latent=8),
+@pytest.mark.parametrize("config", [ModelConfig(latents=(8,), hidden=16), DAEConfig(latents=(8,)),
                                     ModelConfig(latents=(8, 4), hidden=16, gated=True)],
                          ids=["multvae", "multdae", "two_level_gated"])
 def test_sparse_evaluation_equals_dense_evaluation(config):
-    from hvae_jax.data.splits import EvalSet
-    from hvae_jax.evaluate import evaluate, neural_eval_step
-
     fold_in = _matrix(n_rows=90, density=0.05, seed=2)
     heldout = _matrix(n_rows=90, density=0.02, seed=3)
     heldout = (heldout - heldout.multiply(fold_in)).tocsr()
     heldout.eliminate_zeros()
     eval_set = EvalSet(fold_in=fold_in, heldout=heldout, exclude=fold_in, user_ids=np.arange(90))
     model = build_model(config, fold_in.shape[1])
-    params = create_state(model, optax.adam(1e-3), 0, key=jax.random.key(4)).params
+    params = init_params(model, key=jax.random.key(4))
     dense = evaluate(neural_eval_step(model), params, eval_set, batch_size=32)
     sparse = evaluate(neural_eval_step(model, input_path="sparse"), params, eval_set, batch_size=32)
     assert dense.keys() == sparse.keys()

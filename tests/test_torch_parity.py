@@ -26,9 +26,16 @@ from benchmarks.torch_reference.training import ranking_metrics as torch_ranking
 from benchmarks.torch_reference.training import sparse_rows  # noqa: E402
 from benchmarks.torch_reference.transfer import flax_path, jax_to_torch, torch_to_jax  # noqa: E402
 from hvae_jax import metrics  # noqa: E402
-from hvae_jax.configs import ModelConfig, TrainConfig  # noqa: E402
+from hvae_jax.configs import DAEConfig, TrainConfig  # noqa: E402
+from hvae_jax.configs import VAEConfig as ModelConfig  # noqa: E402
 from hvae_jax.models.hvae import build_model, draw_noise, init_params  # noqa: E402
-from hvae_jax.objectives import batch_loss, log_likelihood  # noqa: E402
+from hvae_jax.models.hvae import project_first_layers  # noqa: E402
+from hvae_jax.models.likelihoods import build_likelihood  # noqa: E402
+from hvae_jax.objectives import UserTerms, batch_loss, combine_terms  # noqa: E402
+
+
+def log_likelihood(kind, logits, x):
+    return build_likelihood(kind).log_prob(logits, x)
 
 N_ITEMS = 40
 BATCH = 6
@@ -36,7 +43,7 @@ N_SIDE = 3
 
 CONFIGS = {
     "multvae": (ModelConfig(latents=(8,), hidden=16), 0),
-    "multdae": (ModelConfig(kind="dae", dae_latent=8), 0),
+    "multdae": (DAEConfig(latents=(8,)), 0),
     "hvae-bottom-up-vamp-gated": (
         ModelConfig(latents=(8, 6), hidden=16, prior="vamp", n_pseudo_inputs=7, gated=True, logvar_clip=(-12.0, 4.0)),
         0,
@@ -356,11 +363,23 @@ def test_library_sparse_input_path_matches_the_optimized_variant(name):
         jnp.asarray(len(user_rows), jnp.int32),
     )
 
+    def sparse_batch_loss(p):
+        # The first layer from the slots; the rest of the model and the likelihood per user, as batch_loss does.
+        projections = project_first_layers(
+            case.config, p, lambda branch, kernel: jax_sparse.gather_project(kernel, sparse_input, BATCH))
+        x = case.jnp(case.x)
+
+        def one_user(projections_u, key_u, x_u):
+            noise = draw_noise(case.config, N_ITEMS, key=key_u, dropout=False)
+            output = case.model.apply({"params": p}, None, None, noise, projections=projections_u)
+            return UserTerms(-log_likelihood(case.config.likelihood, output.logits, x_u), output.kl)
+
+        terms = jax.vmap(one_user)(projections, jax.random.split(case.key, BATCH), x)
+        return combine_terms(p, TRAIN, terms, case.jnp(case.user_weights), case.jnp(case.betas))
+
     @jax.jit
     def jax_loss_and_grads(params):
-        loss = lambda p: batch_loss(p, case.model, TRAIN, case.jnp(case.x), None, case.jnp(case.user_weights),  # noqa
-                                    case.jnp(case.betas), key=case.key, sparse_input=sparse_input)
-        return jax.value_and_grad(loss, has_aux=True)(params)
+        return jax.value_and_grad(sparse_batch_loss, has_aux=True)(params)
 
     (loss_expected, aux_expected), grads_expected = jax_loss_and_grads(case.params)
 

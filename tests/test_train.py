@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 
 import hvae_jax.train as train_module
-from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.configs import DAEConfig, TrainConfig
+from hvae_jax.configs import VAEConfig as ModelConfig
 from hvae_jax.data.splits import strong_generalization
 from hvae_jax.data.synthetic import synthetic_interactions
-from hvae_jax.evaluate import evaluate, neural_eval_step
-from hvae_jax.train import VALIDATION_METRIC, fit
+from hvae_jax.evaluate import evaluate
+from hvae_jax.hooks import VALIDATION_METRIC
+from hvae_jax.input_paths import neural_eval_step
+from hvae_jax.train import fit
 
 MODEL = ModelConfig(latents=(6,), hidden=12)
 # 260 training users in batches of 64: 5 updates per epoch (the last one padded), dispatched as chunks of 2, 2, 1.
@@ -139,7 +142,7 @@ def test_validation_metric_and_best_epoch(split, baseline):
 
 
 def test_mult_dae_trains(split, tmp_path):
-    config = ModelConfig(kind="dae", dae_latent=12)
+    config = DAEConfig(latents=(12,))
     train = dataclasses.replace(TRAIN, weight_decay=0.01, learning_rate=3e-3)
     result = fit(config, train, split, tmp_path, progress=False, log=lambda _: None)
     assert result.epochs_run == train.epochs
@@ -185,7 +188,7 @@ def test_parameter_average_is_the_running_mean_validated_and_resumed_exactly(spl
     import jax.numpy as jnp
     import optax
 
-    from hvae_jax.train import averaged_params, parameter_average
+    from hvae_jax.optimizers import averaged_params, parameter_average
 
     # The transformation against the formula: weights (1 - d) d^(t - s) on the parameters after update s, divided by
     # their sum 1 - d^t; before any update, the parameters themselves.

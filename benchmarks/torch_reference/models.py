@@ -120,7 +120,9 @@ class HierarchicalVAE(nn.Module):
         self.decoder_hidden = Hidden([*latents, side], hidden, gated)
         self.decoder_output = dense(hidden, n_items)
         if config.prior == "vamp":
-            self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(config.n_pseudo_inputs, n_items))
+            # The prior's parameters live under `prior`, as in the Flax model (`params["prior"]["pseudo_inputs"]`).
+            self.prior = nn.Module()
+            self.prior.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(config.n_pseudo_inputs, n_items))
 
     def _split_head(self, head_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, logvar = torch.chunk(head_output, 2, dim=-1)
@@ -163,7 +165,7 @@ class HierarchicalVAE(nn.Module):
         if self.config.prior == "standard":
             zeros = torch.zeros_like(z_top)
             return gaussian.log_normal(z_top, zeros, zeros)
-        pseudo = normalize_input(torch.clamp(self.pseudo_inputs, 0.0, 1.0), None, 0.0)
+        pseudo = normalize_input(torch.clamp(self.prior.pseudo_inputs, 0.0, 1.0), None, 0.0)
         means, logvars = self._top_posterior(self._bottom_up(pseudo, None))  # [K, d_L] each
         # [batch, K]: every user's z against every component.
         component_log_densities = gaussian.log_normal(z_top[:, None, :], means[None], logvars[None])
@@ -233,9 +235,9 @@ class MultDAE(nn.Module):
         self.config = config
         self.n_items = n_items
         self.sparse_input = sparse_input
-        self.encoder = Hidden([n_items, n_side_features or None], config.dae_latent, config.gated,
+        self.encoder = Hidden([n_items, n_side_features or None], config.latents[0], config.gated,
                               sparse_first_input=sparse_input)
-        self.decoder_output = dense(config.dae_latent, n_items)
+        self.decoder_output = dense(config.latents[0], n_items)
 
     def forward(
         self,

@@ -6,8 +6,9 @@ and bias [n_items]) are split along the item axis over a one-axis mesh named "it
 device holds is [batch, chunk], whatever the catalogue size:
 
 - First layer: the sparse gather-and-sum of `models/sparse.py` over the device's own rows of the kernel, summed
-  over devices (`project`).
-- Log-likelihood of a user with binary items S: sum_{i in S} l_i - |S| logsumexp_j l_j (`log_likelihood`). Each
+  over devices (`sharded_gather_project`).
+- Log-likelihood of a user with binary items S: sum_{i in S} l_i - |S| logsumexp_j l_j, from the two sums that
+  `positive_sum_and_logsumexp` streams. Each
   device streams the log-sum-exp of its items over chunks (running maximum and rescaled sum); devices combine as
   M + log sum_d exp(lse_d - M), M = max_d lse_d. The logits at the positives come from the kernel columns of those
   items alone. Custom VJPs recompute each chunk in the backward pass, so no [batch, n_items] residual is saved.
@@ -29,9 +30,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hvae_jax import parallel
-from hvae_jax.configs import ModelConfig
 from hvae_jax.models import sparse as sparse_layer
+from hvae_jax.models.hvae import input_branches, output_layer_path
+from hvae_jax.models.likelihoods import build_likelihood
 
 ITEM_AXIS = "items"
 FLOAT32_BYTES = 4
@@ -83,26 +84,27 @@ def catalogue_layout(
     return CatalogueLayout(n_items, n_shards, chunk, math.ceil(per_shard_needed / chunk))
 
 
-def item_mesh(n_devices: int | None = None) -> Mesh:
-    """A one-axis mesh named "items" over the first `n_devices` devices (default: all)."""
-    return parallel.device_mesh(ITEM_AXIS, n_devices)
+def catalogue_param_paths(config) -> dict[tuple[str, ...], P]:
+    """The n_items-wide parameters of `config`'s model and how each is split over the "items" axis.
 
-
-def catalogue_param_paths(config: ModelConfig) -> dict[tuple[str, ...], P]:
-    """The n_items-wide parameters of `config`'s model and how each is split over the "items" axis."""
+    Raises ValueError for what this path cannot split: priors with parameters over the catalogue (the VampPrior's
+    pseudo-inputs are dense [n_pseudo_inputs, n_items] rows pushed through the whole encoder) and likelihoods whose
+    row statistic is not a log-sum-exp."""
     if config.kind == "vae" and config.prior == "vamp":
         raise ValueError("the item-sharded model does not support the VampPrior: its pseudo-inputs are dense "
                          "[n_pseudo_inputs, n_items] rows pushed through the whole encoder")
-    first = ("input_layer",) if config.kind == "vae" else ("encoder",)
-    paths = {first + ("linear_0", "kernel"): P(ITEM_AXIS, None),
-             ("decoder_output", "kernel"): P(None, ITEM_AXIS),
-             ("decoder_output", "bias"): P(ITEM_AXIS)}
-    if config.gated:
-        paths[first + ("gate_0", "kernel")] = P(ITEM_AXIS, None)
+    if build_likelihood(config.likelihood).row_reduction != "logsumexp":
+        raise ValueError(f"the item-sharded model supports the multinomial likelihood only, not {config.likelihood!r}")
+    output = output_layer_path(config)
+    paths = {output + ("kernel",): P(None, ITEM_AXIS), output + ("bias",): P(ITEM_AXIS)}
+    for branch in input_branches(config):
+        paths[branch.path + ("linear_0", "kernel")] = P(ITEM_AXIS, None)
+        if branch.gated:
+            paths[branch.path + ("gate_0", "kernel")] = P(ITEM_AXIS, None)
     return paths
 
 
-def param_shardings(config: ModelConfig, tree, mesh: Mesh):
+def param_shardings(config, tree, mesh: Mesh):
     """A NamedSharding per leaf of `tree` (the parameters, or a training state holding them and optimizer moments
     of the same structure): leaves whose path ends in a catalogue-wide parameter are split over items, everything
     else is replicated."""
@@ -252,20 +254,23 @@ def _first_item(layout: CatalogueLayout):
 # Global functions (call inside jit with the item-sharded parameters).
 
 
-def project(kernel: jax.Array, sparse: sparse_layer.SparseInput, n_rows: int, layout: CatalogueLayout, mesh: Mesh):
-    """[n_rows, hidden] first-layer products of the slots, with `kernel` [n_padded, hidden] split over items."""
+def sharded_gather_project(
+    kernel: jax.Array, sparse: sparse_layer.SparseInput, n_rows: int, layout: CatalogueLayout, mesh: Mesh
+) -> jax.Array:
+    """[n_rows, hidden] first-layer products of the slots (`sparse.gather_project`), with `kernel` [n_padded,
+    hidden] split over items: each device gathers its own rows, the devices' sums are added."""
 
     def local(kernel_shard, row, item, value, n_real):
         local_item, mine = _local_items(item, value != 0, _first_item(layout), layout.per_shard)
         shard_input = sparse_layer.SparseInput(row, local_item, jnp.where(mine, value, 0.0), n_real)
-        return jax.lax.psum(sparse_layer.project(kernel_shard, shard_input, n_rows), ITEM_AXIS)
+        return jax.lax.psum(sparse_layer.gather_project(kernel_shard, shard_input, n_rows), ITEM_AXIS)
 
     return jax.shard_map(
         local, mesh=mesh, in_specs=(P(ITEM_AXIS, None), P(), P(), P(), P()), out_specs=P()
     )(kernel, sparse.row, sparse.item, sparse.value, sparse.n_real)
 
 
-def log_likelihood(
+def positive_sum_and_logsumexp(
     h: jax.Array,
     kernel: jax.Array,
     bias: jax.Array,
@@ -273,8 +278,9 @@ def log_likelihood(
     layout: CatalogueLayout,
     mesh: Mesh,
     compute_dtype: str = "float32",
-) -> jax.Array:
-    """[batch] multinomial log-likelihood sum_{i in S_u} log softmax(h_u W + b)_i of binary positives.
+) -> tuple[jax.Array, jax.Array]:
+    """([batch] sum_{i in S_u} l_ui, [batch] logsumexp_j l_uj) of the logits l = h W + b, never built whole: what
+    the multinomial likelihood needs (`likelihoods.Multinomial.from_positives`).
 
     Args:
       h: [batch, hidden] the decoder's last hidden activations (replicated).
@@ -283,7 +289,7 @@ def log_likelihood(
         multiple of `sparse.CHUNK` slots.
     """
 
-    def local(h, kernel_shard, bias_shard, row, item, is_real, n_real, lengths):
+    def local(h, kernel_shard, bias_shard, row, item, is_real, n_real):
         first_item = _first_item(layout)
         h = _varying(h)
         shard_lse = _local_logsumexp(h, kernel_shard, bias_shard, first_item, layout.n_items, layout.chunk,
@@ -296,11 +302,11 @@ def log_likelihood(
             _local_positive_logits(h, kernel_shard, bias_shard, row, local_item, mine.astype(jnp.float32), n_real),
             ITEM_AXIS,
         )
-        return positive - lengths.astype(jnp.float32) * lse
+        return positive, lse
 
     return jax.shard_map(
-        local, mesh=mesh, in_specs=(P(), P(None, ITEM_AXIS), P(ITEM_AXIS), P(), P(), P(), P(), P()), out_specs=P()
-    )(h, kernel, bias, positives.row, positives.item, positives.is_real, positives.n_real, positives.lengths)
+        local, mesh=mesh, in_specs=(P(), P(None, ITEM_AXIS), P(ITEM_AXIS), P(), P(), P(), P()), out_specs=(P(), P())
+    )(h, kernel, bias, positives.row, positives.item, positives.is_real, positives.n_real)
 
 
 def top_k(

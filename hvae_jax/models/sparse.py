@@ -45,7 +45,7 @@ def slot_chunk(array: jax.Array, index: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def project(kernel: jax.Array, sparse: SparseInput, n_rows: int) -> jax.Array:
+def gather_project(kernel: jax.Array, sparse: SparseInput, n_rows: int) -> jax.Array:
     """[n_rows, hidden] = sum over slots of value * kernel[item], accumulated into each slot's row.
 
     Equals `dense_input @ kernel` for the dense input the slots describe.
@@ -87,7 +87,7 @@ def _project_bwd(n_rows, residuals, output_cotangent):
     return kernel_gradient, zero_input
 
 
-project.defvjp(_project_fwd, _project_bwd)
+gather_project.defvjp(_project_fwd, _project_bwd)
 
 
 def padded_slots(max_nnz: int) -> int:
