@@ -216,6 +216,8 @@ class FitResult:
         `best_params` are the last epoch's evaluation parameters and `epochs_run` says which epoch that was).
       path: the input path (its model, and the item-sharded catalogue layout where used).
       snapshot: the encoder snapshot of the final state (priors that need it), else None.
+      seconds_by_phase: wall seconds of this call by phase: "train" (the update chunks, compilation included) and
+        one entry per hook ("Validation", "KeepBest", "Checkpointing", ...), so a run shows where its time goes.
     """
 
     model: Any
@@ -232,6 +234,7 @@ class FitResult:
     path: input_paths.InputPath | None = None
     snapshot: Any = None
     stopped_early: bool = False
+    seconds_by_phase: dict = dataclasses.field(default_factory=dict)
 
     @property
     def catalogue(self) -> input_paths.Catalogue | None:
@@ -300,6 +303,7 @@ def fit(
 
     train_seconds = compile_seconds = 0.0
     timed_users = epochs_done = 0
+    seconds_by_phase = {"train": 0.0, **{type(hook).__name__: 0.0 for hook in loop_hooks}}
     start_epoch = loop.epoch + 1
     for epoch in range(start_epoch, train.epochs + 1):
         if loop.should_stop or (stop_after_epochs is not None and epochs_done >= stop_after_epochs):
@@ -307,6 +311,7 @@ def fit(
         epoch_start = time.perf_counter()
         state, metrics = setup.run_epoch(state, epoch, matrix, train_side)
         seconds = time.perf_counter() - epoch_start
+        seconds_by_phase["train"] += seconds
         check_finite(metrics, epoch, int(state.step))
         if epoch == start_epoch:
             compile_seconds = seconds  # the first epoch of a call includes compilation
@@ -317,10 +322,14 @@ def fit(
         loop.row = hooks.epoch_row(epoch, int(state.step), metrics, seconds, setup.schedule.phase_of(epoch).name)
         loop.evaluation_params = setup.evaluation_params(state)
         for hook in loop_hooks:
+            hook_start = time.perf_counter()
             hook.after_epoch(loop)
+            seconds_by_phase[type(hook).__name__] += time.perf_counter() - hook_start
         epochs_done += 1
     for hook in loop_hooks:
+        hook_start = time.perf_counter()
         hook.close(loop)
+        seconds_by_phase[type(hook).__name__] += time.perf_counter() - hook_start
 
     if loop.best_epoch is None or loop.best_params is None:
         best_params = setup.evaluation_params(state)
@@ -344,6 +353,7 @@ def fit(
         path=setup.path,
         snapshot=state.snapshot,
         stopped_early=loop.stopped_early,
+        seconds_by_phase=seconds_by_phase,
     )
 
 
