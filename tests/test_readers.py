@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hvae_jax.data import readers
+from hvae_jax.data.readers import formats as readers
 from hvae_jax.data.interactions import DataFormatError, Interactions
 from hvae_jax.data.readers import FORMATS, detect_format, read_interactions, read_titles
 
@@ -444,3 +444,164 @@ def test_real_ml_latest_small_and_titles():
     titles = read_titles(folder / "movies.csv")
     assert titles == expected
     assert set(data.item_ids) <= set(titles)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Issue 11: one decoding per file, exact ids, one meaning per line, careful detection, checked .npy headers
+
+
+def test_one_stray_latin1_byte_does_not_split_a_user(tmp_path, monkeypatch):
+    """The whole file is decoded one way: a stray Latin-1 byte anywhere makes every id Latin-1, noted."""
+    monkeypatch.setattr(readers, "_CHUNK_BYTES", 64)
+    rows = ["josé,1,5"] + [f"u{k},{k},4" for k in range(30)] + ["caf\xe9,2,4", "josé,3,5"]
+    content = "userId,movieId,rating\n".encode() + "\n".join(rows[:-2]).encode() + b"\n"
+    content += rows[-2].encode("latin-1") + b"\n" + rows[-1].encode() + b"\n"
+    data = read_interactions(write(tmp_path, "ratings.csv", content))
+    pairs = raw_pairs(data)
+    jose = "josé".encode().decode("latin-1")  # the UTF-8 bytes of "josé", read as Latin-1 like the rest of the file
+    assert {item for user, item in pairs if user == jose} == {"1", "3"}
+    assert ("café", "2") in pairs
+    assert data.n_users == 32
+    assert any("Latin-1" in note for note in data.notes)
+
+
+def test_utf8_file_keeps_unicode_ids_and_says_nothing_about_encoding(tmp_path):
+    data = read_interactions(write(tmp_path, "ratings.csv", "userId,movieId,rating\njosé,ß,5\n名前,ß,4\n"))
+    assert raw_pairs(data) == {("josé", "ß"): 1, ("名前", "ß"): 1}
+    assert not any("Latin-1" in note for note in data.notes)
+
+
+def test_npy_float_ids_beyond_int64_are_refused_not_merged(tmp_path):
+    path = tmp_path / "big.npy"
+    np.save(path, np.array([[1e19 + k * 1e16, 7.0] for k in range(41)]))  # 41 distinct users beyond 2**63
+    with pytest.raises(DataFormatError, match=r"big\.npy: row 1: .*64-bit"):
+        read_interactions(path)
+
+
+def test_npy_float_ids_within_int64_stay_exact(tmp_path):
+    path = tmp_path / "ids.npy"
+    ids = [2.0**60 + k * 2.0**10 for k in range(3)]  # distinct, above 2**53, exactly representable
+    np.save(path, np.array([[user, 1.0] for user in ids]))
+    data = read_interactions(path)
+    assert list(data.user_ids) == [str(int(user)) for user in ids]
+
+
+def test_npy_header_larger_than_the_file_is_refused(tmp_path):
+    path = tmp_path / "huge.npy"
+    header = {"descr": "<i8", "fortran_order": False, "shape": (10**13, 2)}
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, header)
+        file.write(np.arange(8, dtype="<i8").tobytes())
+    with pytest.raises(DataFormatError, match=r"huge\.npy: .*10000000000000.*bytes"):
+        read_interactions(path)
+
+
+@pytest.mark.parametrize(
+    "name, content, file_format, line",
+    [
+        ("u.data", b"1\t2\t3\t4\n1\x00\t3\t3\t4\n", None, 2),
+        ("ratings.csv", b"userId,movieId,rating\n1,2,3\n1,2\x00,3\n", None, 3),
+        ("pairs.txt", b"u1 i1\nu2 i2\x00\n", "pairs", 2),
+        ("train.txt", b"0 1 2\n1 2\x00 3\n", "adjacency", 2),
+    ],
+)
+def test_nul_byte_is_an_error_naming_the_line(tmp_path, name, content, file_format, line):
+    path = write(tmp_path, name, content)
+    with pytest.raises(DataFormatError, match=rf"{path.name}:{line}: .*NUL"):
+        read_interactions(path, file_format)
+
+
+@pytest.mark.parametrize(
+    "name, content, file_format, line",
+    [
+        ("pairs.txt", b"u1 i1\nu2\ri2\nu3 i3\n", "pairs", 2),
+        ("u.data", b"1\t2\t3\t4\r\n1\t3\t3\t4\r5\n", None, 2),
+        ("ratings.csv", b"userId,movieId,rating\r\n1,2,3\r1,3,4\r\n", None, 2),
+    ],
+)
+def test_carriage_return_inside_a_line_is_an_error_naming_the_line(tmp_path, name, content, file_format, line):
+    path = write(tmp_path, name, content)
+    with pytest.raises(DataFormatError, match=rf"{path.name}:{line}: .*carriage return"):
+        read_interactions(path, file_format)
+
+
+def test_adjacency_with_two_items_per_line_is_not_read_as_ratings(tmp_path):
+    lines = "".join(f"{user} {100 + 3 * user} {101 + 3 * user}\n" for user in range(40))
+    path = write(tmp_path, "train.txt", lines)
+    assert detect_format(path) == (path, "adjacency")
+    data = read_interactions(path)
+    assert len(data) == 80 and data.n_users == 40 and data.n_items == 80
+
+
+def test_ambiguous_three_column_file_asks_for_format(tmp_path):
+    path = write(tmp_path, "train.txt", "0 10 4\n1 11 5\n2 12 3\n")  # users unique: 2 items each, or ratings?
+    with pytest.raises(DataFormatError, match="--format"):
+        detect_format(path)
+    assert raw_pairs(read_interactions(path, format="pairs", min_rating=3.5)) == {("0", "10"): 1, ("1", "11"): 1}
+
+
+def test_triples_with_repeated_users_are_pairs(tmp_path):
+    path = write(tmp_path, "log.txt", "".join(f"{user} {item} {1 + (user + item) % 5}\n"
+                                             for user in range(5) for item in range(4)))
+    assert detect_format(path) == (path, "pairs")
+
+
+def test_space_separated_rating_log_is_not_read_as_adjacency(tmp_path):
+    path = write(tmp_path, "log.txt", "".join(f"{user} {item} 4 88125094{item}\n" for user in range(5)
+                                              for item in range(3)))
+    with pytest.raises(DataFormatError, match="--format"):
+        detect_format(path)
+
+
+def test_string_ids_keep_leading_zeros(tmp_path):
+    path = write(tmp_path, "ratings.csv", "user,item,rating\n007,1,5\n7,1,5\n 007 ,2,5\n")
+    data = read_interactions(path)
+    assert raw_pairs(data) == {("007", "1"): 1, ("7", "1"): 1, ("007", "2"): 1}
+
+
+def test_recbole_atomic_inter_file(tmp_path):
+    path = write(tmp_path, "ml-100k.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                            "196\t242\t3\t881250949\n186\t302\t3\t891717742\nu 3\t0042\t5\t1\n")
+    assert detect_format(path) == (path, "recbole")
+    data = read_interactions(path, min_rating=3.5)
+    assert raw_pairs(data) == {("u 3", "0042"): 1}
+    assert any("header" in note for note in data.notes)
+    assert detect_format(tmp_path) == (path, "recbole")
+
+
+def test_recbole_malformed_line_is_named(tmp_path):
+    path = write(tmp_path, "x.inter", "user_id:token\titem_id:token\trating:float\n1\t2\t4\n1\t3\tgood\n")
+    with pytest.raises(DataFormatError, match=rf"{path.name}:3: expected a number \(rating\) in field 3"):
+        read_interactions(path)
+
+
+def test_parquet_columns_found_by_name(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "ratings.parquet"
+    pq.write_table(pa.table({"timestamp": [1, 2, 3], "movieId": [10, 10, 11], "userId": ["007", "7", "007"],
+                             "rating": [4.0, 2.0, 5.0]}), path)
+    assert detect_format(path) == (path, "parquet")
+    assert raw_pairs(read_interactions(path)) == {("007", "10"): 1, ("7", "10"): 1, ("007", "11"): 1}
+    assert raw_pairs(read_interactions(path, min_rating=3.5)) == {("007", "10"): 1, ("007", "11"): 1}
+
+
+def test_parquet_null_id_is_named_by_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "ratings.parquet"
+    pq.write_table(pa.table({"user": ["a", None], "item": [1, 2]}), path)
+    with pytest.raises(DataFormatError, match=r"ratings\.parquet: row 2: expected a user id"):
+        read_interactions(path)
+
+
+def test_notes_say_what_was_skipped(tmp_path):
+    path = write(tmp_path, "ratings.csv", "\nuserId,movieId,rating\n1,2,4\n\n   \n1,3,2\n2,2,5\n")
+    data = read_interactions(path, min_rating=3.5)
+    assert raw_pairs(data) == {("1", "2"): 1, ("2", "2"): 1}
+    notes = " | ".join(data.notes)
+    assert "header line 'userId,movieId,rating' skipped" in notes
+    assert "3 blank lines skipped" in notes
+    assert "1 of 3 rows dropped with rating <= 3.5" in notes

@@ -16,7 +16,7 @@ from typing import Callable, Collection
 import numpy as np
 
 from hvae_jax.data.interactions import DataFormatError
-from hvae_jax.data.readers import _decode, _line_error
+from hvae_jax.data.readers.errors import decode_text as _decode, line_error as _line_error
 
 FEATURE_FORMATS: dict[str, str] = {
     "movielens-100k": "MovieLens 100K u.user: user|age|gender|occupation|zip",
