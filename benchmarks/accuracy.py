@@ -1,117 +1,273 @@
-"""Accuracy tables on the real data sets in ../shared/data: every model through `hvae_jax.experiment.run` on the same
-strong-generalization split, test NDCG@100 / Recall@20 / Recall@50 with standard errors, written as JSON and markdown.
+"""Accuracy on the real data sets of ../shared/data: every model through `hvae_jax.experiment.run` on the same
+strong-generalization split, each model tuned with the same budget of settings, chosen on validation NDCG@100 only,
+then trained with three seeds. Every run keeps its own JSON (results and learning curves) under
+benchmarks/results/runs/, so tables are rebuilt without retraining.
 
-  python -m benchmarks.accuracy --datasets ml-1m,ml-100k,lastfm --models multvae,multdae,ease,popularity
+  python -m benchmarks.accuracy run --datasets ml-1m --models multvae,recvae            # stage 1: every setting,
+                                                                                      # selection seed
+  python -m benchmarks.accuracy run --datasets ml-1m --models multvae,recvae --stage seeds   # stage 2: the chosen
+                                                                                      # setting, the other seeds
+  python -m benchmarks.accuracy table --datasets ml-1m,lastfm,ml-latest-small,amazon-book --out benchmarks/results/hierarchy-table
+  python -m benchmarks.accuracy plan                                                  # what is still to run
+
+Selection never looks at test metrics: for each (data set, model) the setting with the best validation NDCG@100 under
+the first seed is chosen, and the table reports that setting's test metrics as the mean and spread over the seeds,
+beside the test standard error over users.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import pathlib
 import statistics
+import sys
+import time
 
-from hvae_jax.cli import MODEL_NAMES
-from hvae_jax.configs import ModelConfig, TrainConfig
+from hvae_jax.configs import MODELS, TrainConfig, model_config_to_dict
 from hvae_jax.experiment import RunSettings, run
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+RUNS = ROOT / "benchmarks" / "results" / "runs"
 
-# Data sets of ../shared/data with the protocol settings the issues ask for.
+# Data sets of ../shared/data with the protocol settings the issues ask for (strong generalization, split seed 98765).
 DATASETS = {
     "ml-1m": dict(data=str(SHARED / "ml-1m-implicit"), format="adjacency", heldout_users=600),
-    "ml-100k": dict(data=str(SHARED / "ml-100k"), format="movielens-tsv", min_rating=3.5),
     "lastfm": dict(data=str(SHARED / "lastfm-hetrec2011"), format="lastfm"),
     "ml-latest-small": dict(data=str(SHARED / "ml-latest-small"), format="csv", min_rating=3.5),
+    "amazon-book": dict(data=str(SHARED / "amazon-book" / "interactions.txt"), format="adjacency",
+                        heldout_users=10_000),
+    "ml-100k": dict(data=str(SHARED / "ml-100k"), format="movielens-tsv", min_rating=3.5),
 }
 
-TRAIN = {
-    "multvae": dict(epochs=100, batch_size=500, learning_rate=1e-3, beta_cap=0.2),
-    "multdae": dict(epochs=100, batch_size=500, learning_rate=1e-3, weight_decay=0.01 / 500),
-    "hvae": dict(epochs=100, batch_size=500, learning_rate=1e-3, beta_cap=0.2),
+SEEDS = (1, 2, 3)  # the first one selects
+
+# Epoch budget per data set: up to `epochs`, stopping after `patience` validated epochs without improvement. Small
+# data sets get more epochs (few updates per epoch); amazon-book fewer (each epoch is 50,595 users).
+BUDGET = {
+    "ml-1m": dict(epochs=200, early_stopping=40),
+    "lastfm": dict(epochs=300, early_stopping=60),
+    "ml-latest-small": dict(epochs=600, early_stopping=120),
+    "ml-100k": dict(epochs=300, early_stopping=60),
+    # Its checkpoints are ~0.4 GB (parameters and Adam's moments): the latest one every 5 epochs.
+    "amazon-book": dict(epochs=100, early_stopping=15, checkpoint_every=5),
+}
+
+# The tuning budget: the same number of settings for every neural model (model fields, train fields).
+GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
+    "multvae": {
+        "liang": ({}, {}),
+        "lr3e-3-avg": ({}, dict(learning_rate=3e-3, average_decay=0.998)),
+        "lr1e-3-avg": ({}, dict(learning_rate=1e-3, average_decay=0.998)),
+    },
+    "multdae": {
+        "liang": ({}, {}),
+        "lr3e-3-avg": ({}, dict(learning_rate=3e-3, average_decay=0.998)),
+        "lr1e-3-avg": ({}, dict(learning_rate=1e-3, average_decay=0.998)),
+    },
+    "recvae": {
+        "paper": ({}, {}),
+        "paper-avg": ({}, dict(average_decay=0.998)),
+        "lr1e-3-avg": ({}, dict(learning_rate=1e-3, average_decay=0.998)),
+    },
+    "hvamp": {
+        "faithful": ({}, {}),
+        "multinomial": (dict(likelihood="multinomial"), {}),
+        "faithful-avg": ({}, dict(average_decay=0.998)),
+    },
+    "hvae": {
+        "default": ({}, {}),
+    },
 }
 
 METRICS = ("ndcg@100", "recall@20", "recall@50")
 
 
-def run_one(
-    dataset: str, model: str, seed: int, workroot: pathlib.Path, model_overrides: dict, epochs: int | None,
-    train_overrides: dict | None = None, label: str | None = None, settings_overrides: dict | None = None,
-):
-    workdir = workroot / f"{dataset}-{label or model}-seed{seed}"
-    settings = RunSettings(**{**DATASETS[dataset], **(settings_overrides or {})}, workdir=str(workdir))
-    model_fields = {**MODEL_NAMES[model], **model_overrides}
-    train_fields = {**TRAIN.get(model, {}), **(train_overrides or {}), "seed": seed}
-    if epochs is not None:
-        train_fields["epochs"] = epochs
-    return run(settings, ModelConfig(**model_fields), TrainConfig(**train_fields), progress=False, log=lambda m: None)
+def _tuples(fields: dict) -> dict:
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}
+
+
+def run_path(dataset: str, model: str, tag: str, seed: int) -> pathlib.Path:
+    return RUNS / dataset / f"{model}--{tag}--seed{seed}.json"
+
+
+def configs_for(dataset: str, model: str, tag: str, seed: int):
+    """(settings, model config, train config) of one run."""
+    named = MODELS[model]
+    model_fields, train_fields = GRIDS.get(model, {}).get(tag, ({}, {}))
+    model_config = dataclasses.replace(named.config, **_tuples(model_fields))
+    train = {**dict(named.train), **BUDGET[dataset]}
+    if "early_stopping" in dict(named.train):  # a method's own early-stopping rule (Kim & Suh) is kept
+        train["early_stopping"] = dict(named.train)["early_stopping"]
+        train["epochs"] = dict(named.train).get("epochs", train["epochs"])
+    if model_config.kind == "dae":
+        train.setdefault("weight_decay", 0.01 / train.get("batch_size", 500))
+    train.update(_tuples(train_fields))
+    train["seed"] = seed
+    return DATASETS[dataset], model_config, TrainConfig(**train)
+
+
+def run_one(dataset: str, model: str, tag: str, seed: int, workroot: pathlib.Path, *, force: bool = False) -> dict:
+    """Trains one (data set, model, setting, seed), writes its record and returns it (or the existing record)."""
+    path = run_path(dataset, model, tag, seed)
+    if path.exists() and not force:
+        return json.loads(path.read_text())
+    settings_fields, model_config, train = configs_for(dataset, model, tag, seed)
+    workdir = workroot / dataset / f"{model}--{tag}--seed{seed}"
+    settings = RunSettings(**settings_fields, workdir=str(workdir))
+    start = time.perf_counter()
+    results = run(settings, model_config, train, progress=False, log=lambda message: None)
+    history = []
+    metrics_file = workdir / "metrics.jsonl"
+    if metrics_file.exists():
+        for line in metrics_file.read_text().splitlines():
+            row = json.loads(line)
+            history.append({key: row.get(key) for key in ("epoch", "phase", "loss", "nll", "kl", "beta",
+                                                          "active_units")}
+                           | {"valid_ndcg@100": (row.get("valid") or {}).get("ndcg@100")})
+    record = {
+        "dataset": dataset, "model": model, "tag": tag, "seed": seed,
+        "settings": settings_fields, "model_config": model_config_to_dict(model_config),
+        "train_config": dataclasses.asdict(train), "wall_seconds": time.perf_counter() - start,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "results": {key: value for key, value in results.items() if key != "split"},
+        "history": history,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def tags_of(model: str) -> list[str]:
+    return list(GRIDS.get(model, {"default": ({}, {})}))
+
+
+def selected_tag(dataset: str, model: str) -> str | None:
+    """The setting with the best validation NDCG@100 under the first seed (None until one has run)."""
+    scored = []
+    for tag in tags_of(model):
+        path = run_path(dataset, model, tag, SEEDS[0])
+        if path.exists():
+            scored.append((json.loads(path.read_text())["results"]["valid"]["ndcg@100"], tag))
+    return max(scored)[1] if scored else None
+
+
+def cmd_run(args) -> None:
+    workroot = pathlib.Path(args.workroot)
+    for dataset in args.datasets.split(","):
+        for model in args.models.split(","):
+            if args.stage == "select":
+                jobs = [(tag, SEEDS[0]) for tag in (args.tags.split(",") if args.tags else tags_of(model))]
+            else:
+                tag = selected_tag(dataset, model)
+                if tag is None:
+                    print(f"{dataset} {model}: no selection run yet", flush=True)
+                    continue
+                jobs = [(tag, seed) for seed in SEEDS[1:]]
+            for tag, seed in jobs:
+                if MODELS[model].config.kind in ("ease", "popularity") and seed != SEEDS[0]:
+                    continue  # deterministic
+                record = run_one(dataset, model, tag, seed, workroot, force=args.force)
+                result = record["results"]
+                print(f"{dataset} {model} {tag} seed {seed}: valid {result['valid']['ndcg@100']:.4f} test "
+                      f"{result['test']['ndcg@100']:.4f} best epoch {result.get('best_epoch')} of "
+                      f"{result.get('epochs')} ({record['wall_seconds']:.0f} s)", flush=True)
+
+
+def summarize(dataset: str, model: str) -> dict | None:
+    tag = selected_tag(dataset, model)
+    if tag is None:
+        return None
+    records = [json.loads(run_path(dataset, model, tag, seed).read_text()) for seed in SEEDS
+               if run_path(dataset, model, tag, seed).exists()]
+    row = {"dataset": dataset, "model": model, "tag": tag, "seeds": [r["seed"] for r in records],
+           "candidates": {t: json.loads(run_path(dataset, model, t, SEEDS[0]).read_text())["results"]["valid"][
+               "ndcg@100"] for t in tags_of(model) if run_path(dataset, model, t, SEEDS[0]).exists()}}
+    for part in ("test", "valid"):
+        for metric in METRICS:
+            values = [r["results"][part][metric] for r in records]
+            row[f"{part}_{metric}"] = {
+                "mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "values": values, "se": statistics.mean(r["results"][part][metric + "_se"] for r in records),
+            }
+    row["best_epochs"] = [r["results"].get("best_epoch") for r in records]
+    row["wall_seconds"] = statistics.mean(r["wall_seconds"] for r in records)
+    return row
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| data set | model | seeds | test NDCG@100 | test Recall@20 | test Recall@50 | valid NDCG@100 | train s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines = ["| data set | model (setting chosen on validation) | seeds | test NDCG@100 | test Recall@20 | "
+             "test Recall@50 | valid NDCG@100 | vs tuned Mult-VAE | vs EASE |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    by_key = {(row["dataset"], row["model"]): row for row in rows}
     for row in rows:
         cells = []
         for metric in METRICS:
-            values = row["test"][metric]
-            if len(values) > 1:
-                cells.append(f"{statistics.mean(values):.4f} (sd {statistics.stdev(values):.4f} over seeds)")
-            else:
-                cells.append(f"{values[0]:.4f} ± {row['test_se'][metric][0]:.4f}")
-        valid = row["valid"]["ndcg@100"]
-        lines.append(
-            f"| {row['dataset']} | {row['label']} | {len(valid)} | " + " | ".join(cells)
-            + f" | {statistics.mean(valid):.4f} | {statistics.mean(row['train_seconds']):.0f} |"
-        )
+            cell = row[f"test_{metric}"]
+            spread = f" sd {cell['sd']:.4f}" if len(cell["values"]) > 1 else ""
+            cells.append(f"{cell['mean']:.4f} ({spread.strip() or 'one run'}; ± {cell['se']:.4f})")
+        ndcg = row["test_ndcg@100"]["mean"]
+        relative = []
+        for reference in ("multvae", "ease"):
+            other = by_key.get((row["dataset"], reference))
+            relative.append(f"{100 * (ndcg / other['test_ndcg@100']['mean'] - 1):+.1f}%" if other else "")
+        lines.append(f"| {row['dataset']} | {row['model']} ({row['tag']}) | {len(row['seeds'])} | "
+                     + " | ".join(cells) + f" | {row['valid_ndcg@100']['mean']:.4f} | " + " | ".join(relative) + " |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="ml-1m,ml-100k,lastfm")
-    parser.add_argument("--models", default="multvae,multdae,ease,popularity")
-    parser.add_argument("--seeds", default="98765", help="comma-separated training seeds (the split seed stays 98765)")
-    parser.add_argument("--epochs", type=int, help="override the epochs of every neural model")
-    parser.add_argument("--model-overrides", default="{}", help='JSON of ModelConfig fields, e.g. {"latents": [200, 64]}')
-    parser.add_argument("--train-overrides", default="{}", help='JSON of TrainConfig fields, e.g. {"epochs": 200}')
-    parser.add_argument("--settings-overrides", default="{}", help='JSON of RunSettings fields, e.g. {"user_features": "..."}')
-    parser.add_argument("--label", help="row label (default: the model name)")
-    parser.add_argument("--workroot", default="runs/accuracy")
-    parser.add_argument("--out", default=None, help="JSON output (default benchmarks/results/accuracy-<date>.json)")
-    args = parser.parse_args()
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.model_overrides).items()}
-    train_overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.train_overrides).items()}
-    settings_overrides = json.loads(args.settings_overrides)
-    seeds = [int(s) for s in args.seeds.split(",")]
+def cmd_table(args) -> None:
     rows = []
     for dataset in args.datasets.split(","):
         for model in args.models.split(","):
-            row = {"dataset": dataset, "model": model, "label": args.label or model, "overrides": overrides,
-                   "train_overrides": train_overrides, "settings_overrides": settings_overrides,
-                   "test": {m: [] for m in METRICS}, "test_se": {m: [] for m in METRICS},
-                   "valid": {m: [] for m in METRICS}, "train_seconds": [], "results": []}
-            for seed in seeds:
-                results = run_one(dataset, model, seed, pathlib.Path(args.workroot), overrides, args.epochs,
-                                  train_overrides, args.label, settings_overrides)
-                for metric in METRICS:
-                    row["test"][metric].append(results["test"][metric])
-                    row["test_se"][metric].append(results["test"][metric + "_se"])
-                    row["valid"][metric].append(results["valid"][metric])
-                row["train_seconds"].append(results["train_seconds"])
-                row["results"].append(results)
-                print(f"{dataset} {row['label']} seed {seed}: test ndcg@100 {results['test']['ndcg@100']:.4f} "
-                      f"valid {results['valid']['ndcg@100']:.4f} ({results['train_seconds']:.0f} s)", flush=True)
-            rows.append(row)
-    out = pathlib.Path(args.out or f"benchmarks/results/accuracy-{datetime.date.today().isoformat()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "rows": rows}, indent=2))
+            row = summarize(dataset, model)
+            if row is not None:
+                rows.append(row)
     table = markdown(rows)
-    out.with_suffix(".md").write_text(table + "\n")
     print(table)
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps({"date": datetime.date.today().isoformat(), "seeds": SEEDS,
+                                                        "budget": BUDGET, "grids": GRIDS, "rows": rows}, indent=1))
+        out.with_suffix(".md").write_text(table + "\n")
+
+
+def cmd_plan(args) -> None:
+    for dataset in args.datasets.split(","):
+        for model in args.models.split(","):
+            missing = [tag for tag in tags_of(model) if not run_path(dataset, model, tag, SEEDS[0]).exists()]
+            if missing:
+                print(f"{dataset} {model}: selection runs missing: {', '.join(missing)}")
+                continue
+            tag = selected_tag(dataset, model)
+            seeds = [seed for seed in SEEDS[1:] if not run_path(dataset, model, tag, seed).exists()]
+            if seeds and MODELS[model].config.kind not in ("ease", "popularity"):
+                print(f"{dataset} {model}: chosen {tag}; seeds missing: {seeds}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    all_models = "popularity,ease,multvae,multdae,hvamp,hvae,recvae"
+    for name, handler in (("run", cmd_run), ("table", cmd_table), ("plan", cmd_plan)):
+        command = commands.add_parser(name)
+        command.add_argument("--datasets", default="ml-1m,lastfm,ml-latest-small,amazon-book")
+        command.add_argument("--models", default=all_models)
+        command.set_defaults(handler=handler)
+        if name == "run":
+            command.add_argument("--stage", choices=("select", "seeds"), default="select")
+            command.add_argument("--tags", help="only these settings (stage select)")
+            command.add_argument("--workroot", default=str(ROOT / "runs" / "accuracy"))
+            command.add_argument("--force", action="store_true", help="rerun even if the record exists")
+        if name == "table":
+            command.add_argument("--out", help="path without suffix for the .json and .md")
+    args = parser.parse_args(argv)
+    args.handler(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -363,10 +363,11 @@ class NamedModel:
     doc: str = ""
 
 
+# Kim & Suh's code defaults to `--input_type binary` and their README trains with it: the Bernoulli likelihood.
 KIMSUH_HVAMP = VAEConfig(
     name="hvamp", latents=(200, 200), hidden=600, encoder_layers=2, decoder_layers=2, branches="separate",
     prior="vamp", n_pseudo_inputs=1000, pseudo_input_dropout=True, normalize_pseudo_inputs=False, gated=True,
-    logvar_clip=(-12.0, 4.0), kl_estimator="sample", init="he",
+    likelihood="bernoulli", logvar_clip=(-12.0, 4.0), kl_estimator="sample", init="he",
 )
 # Their loop stops when its counter of epochs without improvement exceeds 50 (`e > early_stopping_epochs`), and
 # keeps the counter at 0 before the warm-up ends: 51 epochs without improvement, counted from epoch 100.

@@ -223,6 +223,77 @@ def given_split(train: Interactions, test: Interactions, valid: Interactions | N
     )
 
 
+CARVE_METHODS = ("items", "users")
+
+
+def carve_validation(
+    split: Split,
+    *,
+    method: str = "items",
+    n_users: int | None = None,
+    fraction: float = 0.2,
+    seed: int = 98765,
+    min_items: int = 5,
+) -> Split:
+    """A validation set carved out of the training data of a split that has none (a given train/test split).
+
+    `n_users` training users with at least `min_items` items are drawn with `seed` (default: 10% of them, at most
+    10,000), then
+      method "items": int(fraction * n) of each drawn user's training items (at least one) become that user's
+        validation items; the model trains without them, and at validation the user's other training items are the
+        input and excluded from the ranking. Test users keep their whole training rows as input and exclusions.
+        This mirrors the given protocol itself (same users, held-out items).
+      method "users": the drawn users leave the training matrix and are split as Liang et al.'s held-out users
+        (`fraction` of their items held out, the rest the input), a strong-generalization validation.
+
+    Returns:
+      The split with `valid` set, the training matrix reduced, and a note saying what was carved.
+
+    Raises:
+      ValueError: the split has a validation set already, an unknown method, or too few users to carve.
+    """
+    if split.valid is not None:
+        raise ValueError("the split has a validation set already; carving one is for splits without")
+    if method not in CARVE_METHODS:
+        raise ValueError(f"unknown carving method {method!r}; expected one of {', '.join(CARVE_METHODS)}")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    train = split.train.tocsr()
+    train.sort_indices()
+    lengths = np.diff(train.indptr)
+    eligible = np.flatnonzero(lengths >= min_items)
+    if n_users is None:
+        n_users = min(10_000, max(1, len(eligible) // 10))
+    if n_users <= 0 or n_users >= len(eligible):
+        raise ValueError(f"cannot carve {n_users} validation users from {len(eligible)} training users with at least "
+                         f"{min_items} items; choose fewer")
+    rng = np.random.RandomState(seed)
+    users = np.sort(eligible[rng.permutation(len(eligible))[:n_users]])
+    rows, cols = [], []
+    for row in users:
+        items = train.indices[train.indptr[row] : train.indptr[row + 1]]
+        chosen = rng.choice(len(items), size=max(1, int(fraction * len(items))), replace=False)
+        rows.append(np.full(len(chosen), row))
+        cols.append(items[chosen])
+    carved = _binary_csr(np.concatenate(rows), np.concatenate(cols), train.shape)
+    notes = list(split.notes)
+    if method == "items":
+        remaining = (train - carved).tocsr()
+        remaining.eliminate_zeros()
+        valid = EvalSet(remaining[users], carved[users], remaining[users], split.train_user_ids[users])
+        notes.append(f"validation carved from training: {fraction:.0%} of the training items of {n_users} users "
+                     f"(seed {seed}), {carved.nnz} interactions; those users train on the rest")
+        return dataclasses.replace(split, train=remaining, valid=valid, notes=tuple(notes))
+    keep = np.setdiff1d(np.arange(train.shape[0]), users)
+    fold_in = (train[users] - carved[users]).tocsr()
+    fold_in.eliminate_zeros()
+    valid = EvalSet(fold_in, carved[users], fold_in, split.train_user_ids[users])
+    notes.append(f"validation carved from training: {n_users} users (seed {seed}) leave training; {fraction:.0%} of "
+                 "each one's items held out, the rest their input")
+    return dataclasses.replace(split, train=train[keep], train_user_ids=split.train_user_ids[keep], valid=valid,
+                               notes=tuple(notes))
+
+
 def fingerprint(**settings) -> str:
     """A short stable hash of the settings (paths with their size and mtime) that produced a split."""
     resolved = {}
@@ -251,7 +322,8 @@ def _csr_from(arrays, prefix: str) -> sp.csr_matrix:
 
 
 def save_split(split: Split, directory: str | pathlib.Path, key: str) -> None:
-    """Writes `split.npz` and `split.json` (statistics and the settings fingerprint `key`) into `directory`."""
+    """Writes `split.npz` and then `split.json` (statistics and the settings fingerprint `key`) into `directory`,
+    each replaced atomically; split.json, written last, marks the pair complete."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {"item_ids": split.item_ids, "train_user_ids": split.train_user_ids, **_csr_arrays("train", split.train)}
@@ -262,19 +334,41 @@ def save_split(split: Split, directory: str | pathlib.Path, key: str) -> None:
         arrays[f"{name}_user_ids"] = eval_set.user_ids
         for part in ("fold_in", "heldout", "exclude"):
             arrays.update(_csr_arrays(f"{name}_{part}", getattr(eval_set, part)))
+    # Without split.json the old split counts as absent, so no moment pairs new arrays with old statistics.
+    (directory / "split.json").unlink(missing_ok=True)
     temporary = directory / "split.tmp.npz"
     np.savez_compressed(temporary, **arrays)
     temporary.replace(directory / "split.npz")
     info = {"key": key, "statistics": split.statistics()}
-    (directory / "split.json").write_text(json.dumps(info, indent=2))
+    temporary = directory / "split.tmp.json"
+    temporary.write_text(json.dumps(info, indent=2))
+    temporary.replace(directory / "split.json")
+
+
+def _split_info(directory: pathlib.Path) -> dict:
+    """split.json's content, checked to hold the statistics."""
+    path = directory / "split.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): expected the statistics of the split in split.npz; "
+                         "delete split.npz and split.json to split again") from None
+    if not isinstance(info, dict) or not isinstance(info.get("statistics"), dict):
+        raise ValueError(f"{path} holds no 'statistics' object: expected the statistics of the split in split.npz; "
+                         "delete split.npz and split.json to split again")
+    return info
 
 
 def load_split(directory: str | pathlib.Path, key: str | None = None) -> Split | None:
-    """The split saved in `directory`, or None if there is none or it was made with other settings than `key`."""
+    """The split saved in `directory`, or None if there is none or it was made with other settings than `key`.
+
+    Raises:
+      ValueError: split.json is damaged (the message names it); errors of reading split.npz pass through.
+    """
     directory = pathlib.Path(directory)
     if not (directory / "split.npz").exists() or not (directory / "split.json").exists():
         return None
-    info = json.loads((directory / "split.json").read_text())
+    info = _split_info(directory)
     if key is not None and info.get("key") != key:
         return None
     with np.load(directory / "split.npz", allow_pickle=False) as arrays:
@@ -295,3 +389,14 @@ def load_split(directory: str | pathlib.Path, key: str | None = None) -> Split |
             protocol=statistics["protocol"],
             notes=tuple(statistics.get("notes", ())),
         )
+
+
+def load_split_ids(directory: str | pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    """(item ids [n_items], training user ids [n_train]) of the split saved in `directory`, as strings, without
+    reading its matrices (what a recommender needs).
+
+    Raises:
+      FileNotFoundError: no split.npz there.
+    """
+    with np.load(pathlib.Path(directory) / "split.npz", allow_pickle=False) as arrays:
+        return np.asarray(arrays["item_ids"]).astype(str), np.asarray(arrays["train_user_ids"]).astype(str)

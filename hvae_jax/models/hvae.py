@@ -403,7 +403,8 @@ def init_params(model: nn.Module, n_side_features: int = 0, *, key: jax.Array):
     """Initial parameters of `model` for one user's input of its catalogue size (and side-feature width)."""
     x = jnp.zeros((model.n_items,), jnp.float32)
     side = jnp.zeros((n_side_features,), jnp.float32) if n_side_features else None
-    return model.init(key, x, side, None)["params"]
+    # Without the KL: a prior may need more than the parameters to evaluate (the composite prior's snapshot).
+    return model.init(key, x, side, None, with_kl=False)["params"]
 
 
 def parameter_group(config, path: tuple[str, ...]) -> str:
