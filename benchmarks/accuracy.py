@@ -94,10 +94,11 @@ def run_path(dataset: str, model: str, tag: str, seed: int) -> pathlib.Path:
     return RUNS / dataset / f"{model}--{tag}--seed{seed}.json"
 
 
-def configs_for(dataset: str, model: str, tag: str, seed: int):
-    """(settings, model config, train config) of one run."""
+def configs_for(dataset: str, model: str, tag: str, seed: int, overrides: tuple[dict, dict] | None = None):
+    """(settings, model config, train config) of one run: the named model, the data set's budget, the setting
+    `tag` of the model's grid (or `overrides`: model fields, train fields), and the seed."""
     named = MODELS[model]
-    model_fields, train_fields = GRIDS.get(model, {}).get(tag, ({}, {}))
+    model_fields, train_fields = overrides or GRIDS.get(model, {}).get(tag, ({}, {}))
     model_config = dataclasses.replace(named.config, **_tuples(model_fields))
     train = {**dict(named.train), **BUDGET[dataset]}
     if "early_stopping" in dict(named.train):  # a method's own early-stopping rule (Kim & Suh) is kept
@@ -110,12 +111,13 @@ def configs_for(dataset: str, model: str, tag: str, seed: int):
     return DATASETS[dataset], model_config, TrainConfig(**train)
 
 
-def run_one(dataset: str, model: str, tag: str, seed: int, workroot: pathlib.Path, *, force: bool = False) -> dict:
+def run_one(dataset: str, model: str, tag: str, seed: int, workroot: pathlib.Path, *, force: bool = False,
+            overrides: tuple[dict, dict] | None = None) -> dict:
     """Trains one (data set, model, setting, seed), writes its record and returns it (or the existing record)."""
     path = run_path(dataset, model, tag, seed)
     if path.exists() and not force:
         return json.loads(path.read_text())
-    settings_fields, model_config, train = configs_for(dataset, model, tag, seed)
+    settings_fields, model_config, train = configs_for(dataset, model, tag, seed, overrides)
     workdir = workroot / dataset / f"{model}--{tag}--seed{seed}"
     settings = RunSettings(**settings_fields, workdir=str(workdir))
     start = time.perf_counter()
