@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from hvae_jax.checkpoint import Checkpoints
 from hvae_jax.data.splits import EvalSet
-from hvae_jax.evaluate import active_units, evaluate, make_means_step, posterior_means
+from hvae_jax.evaluate import active_units, evaluate
 from hvae_jax.logs import MetricsLog
 
 VALIDATION_METRIC = "ndcg@100"
@@ -99,11 +99,11 @@ class Validation(Hook):
     """Every `every` epochs (and the last): validation metrics of the evaluation parameters into the row, and the
     active units per level (Burda et al.) of VAEs, so posterior collapse shows."""
 
-    def __init__(self, eval_step, eval_set: EvalSet, *, every: int, last_epoch: int, side=None, model=None,
+    def __init__(self, eval_step, eval_set: EvalSet, *, every: int, last_epoch: int, side=None, path=None,
                  with_active_units: bool = False):
         self.eval_step, self.eval_set, self.every, self.last_epoch = eval_step, eval_set, every, last_epoch
-        self.side, self.model = side, model
-        self.means_step = make_means_step(model) if with_active_units else None
+        self.side, self.path = side, path
+        self.with_active_units = with_active_units and path is not None
 
     def due(self, epoch: int) -> bool:
         return epoch % self.every == 0 or epoch == self.last_epoch
@@ -112,9 +112,8 @@ class Validation(Hook):
         if not self.due(loop.epoch):
             return
         loop.row["valid"] = evaluate(self.eval_step, loop.evaluation_params, self.eval_set, side_features=self.side)
-        if self.means_step is not None:
-            level_means = posterior_means(self.model, loop.evaluation_params, self.eval_set, self.side,
-                                          means_step=self.means_step)
+        if self.with_active_units:
+            level_means = self.path.posterior_means(loop.evaluation_params, self.eval_set, self.side)
             loop.row["active_units"] = [active_units(means) for means in level_means]
 
 

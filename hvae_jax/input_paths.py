@@ -24,10 +24,12 @@ from typing import Any, ClassVar, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from hvae_jax import metrics, parallel
-from hvae_jax.data.batches import BatchSlots, DeviceCSR, batch_slots, max_batch_nnz
+from hvae_jax.data.batches import BatchSlots, DeviceCSR, batch_slots, densify, max_batch_nnz, to_device
+from hvae_jax.data.splits import EvalSet
 from hvae_jax.evaluate import DEFAULT_KS, make_eval_step, model_scorer
 from hvae_jax.models import item_sharded
 from hvae_jax.models import sparse as sparse_layer
@@ -124,6 +126,30 @@ class InputPath:
         logits = logits[:, : fold_in.shape[1]]  # padding items (item-sharded runs) are never recommended
         return jax.lax.top_k(jnp.where(fold_in > 0, -jnp.inf, logits), k)
 
+    def means_of_rows(self, params, rows: jax.Array, fold_in: DeviceCSR, side, bound: int):
+        """Posterior means per level (bottom first), [batch, d_l] each, of the fold-in rows `rows` (-1 pads)."""
+        x = densify(fold_in, rows, self.model.n_items, bound)
+        one_user = lambda x_u, s_u: self.model.apply({"params": params}, x_u, s_u, None, with_kl=False).means  # noqa
+        return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(x, side)
+
+    def posterior_means(self, params, eval_set: EvalSet, side_features=None, batch_size: int = 1000) -> list:
+        """Posterior means of every latent level for the users of `eval_set`, fed as training feeds the model: a
+        list (bottom first) of [n_users, d_l] arrays. The set's CSR matrix goes to the device once."""
+        step = _means_step(self)
+        batch_size = max(1, min(batch_size, eval_set.n_users))
+        fold_in = to_device(eval_set.fold_in)
+        bound = max_batch_nnz(eval_set.fold_in, batch_size)
+        side = None if side_features is None else jnp.asarray(side_features, jnp.float32)
+        chunks = []
+        for start in range(0, eval_set.n_users, batch_size):
+            rows = np.arange(start, start + batch_size, dtype=np.int32)
+            rows[rows >= eval_set.n_users] = -1
+            batch_side = None if side is None else side[np.maximum(rows, 0)]
+            real = rows >= 0
+            chunks.append([np.asarray(level)[real] for level in step(params, jnp.asarray(rows), fold_in, batch_side,
+                                                                      bound=bound)])
+        return [np.concatenate([chunk[level] for chunk in chunks]) for level in range(len(chunks[0]))]
+
     def place(self, tree):
         """`tree` (parameters or a training state) placed on this path's devices."""
         if self.mesh is None:
@@ -210,6 +236,10 @@ class SparsePath(InputPath):
                                                    likelihood.row_statistic(logits))
         return UserTerms(-log_likelihood, output.kl)
 
+    def means_of_rows(self, params, rows, fold_in, side, bound):
+        slots = batch_slots(fold_in, rows, sparse_layer.padded_slots(bound))
+        return self.middle(params, None, slots, side, None, None, key=None, dropout=False, output_layer=False).means
+
     def scores(self, params, fold_in: BatchSlots, side) -> jax.Array:
         """[batch, n_items] scores of fold-in given as slots (no dropout, z = posterior mean)."""
         return self.middle(params, None, fold_in, side, None, None, key=None, dropout=False, output_layer=True).logits
@@ -279,6 +309,12 @@ class ItemShardedPath(SparsePath):
 
     def place(self, tree):
         return jax.device_put(tree, item_sharded.param_shardings(self.config, tree, self.catalogue.mesh))
+
+
+@functools.cache
+def _means_step(path: InputPath):
+    """The path's jitted posterior-means step, built once per path (so every epoch reuses one compilation)."""
+    return jax.jit(path.means_of_rows, static_argnames="bound")
 
 
 def _hits(scores: jax.Array, items: jax.Array, heldout: BatchSlots) -> jax.Array:

@@ -366,9 +366,7 @@ def _default_hooks(setup: TrainSetup, split: Split, side: dict, checkpoints: Che
         loop_hooks += [
             hooks.Validation(
                 setup.path.eval_step(ks), split.valid, every=train.eval_every, last_epoch=train.epochs,
-                side=side.get("valid"), model=setup.model,
-                # Active units need dense rows; the item-sharded path never builds them.
-                with_active_units=setup.model_config.kind == "vae" and setup.path.name != "item_sharded",
+                side=side.get("valid"), path=setup.path, with_active_units=setup.model_config.kind == "vae",
             ),
             hooks.KeepBest(checkpoints),
             hooks.EarlyStopping(train.early_stopping, every=train.eval_every, start=train.early_stopping_from,
