@@ -605,3 +605,22 @@ def test_notes_say_what_was_skipped(tmp_path):
     assert "header line 'userId,movieId,rating' skipped" in notes
     assert "3 blank lines skipped" in notes
     assert "1 of 3 rows dropped with rating <= 3.5" in notes
+
+
+def test_quoted_field_running_past_its_line_is_named(tmp_path):
+    # Arrow would join lines 2 and 3 into one valid row ('1', 'a\n', '4'); a CSV row never spans lines here.
+    path = write(tmp_path, "ratings.csv", 'userId,movieId,rating\n1,"a\n",4\n2,b,5\n')
+    with pytest.raises(DataFormatError, match=rf"{path.name}:2: .*quoted field that does not end on its line"):
+        read_interactions(path)
+    with pytest.raises(DataFormatError, match=rf"{path.name}:2: "):
+        read_interactions(path, min_rating=3.5)
+
+
+def test_empty_and_blank_only_files(tmp_path):
+    for content in ("", "\n\n", "\r\n  \r\n"):
+        path = write(tmp_path, "u.data", content)
+        with pytest.raises(DataFormatError, match=rf"{path.name}:1: expected rows of 4 tab-separated fields"):
+            read_interactions(path)
+    header_only = write(tmp_path, "ratings.csv", "userId,movieId,rating\n\n")
+    with pytest.raises(DataFormatError, match="found only a header"):
+        read_interactions(header_only)

@@ -336,6 +336,10 @@ def _read_delimited(
     if push_down:
         row_filter = pc.or_kleene(pc.greater(pc.field(engine.value), min_rating), engine.problems(pc.field, strip))
     skip_lines = header.line_number if header else 0
+    n_empty_after_header = text.n_empty_lines - (header.n_empty_before if header else 0)
+    if text.n_lines - skip_lines - n_empty_after_header == 0:  # nothing to parse (Arrow refuses an empty input)
+        raise DataFormatError(f"{path}:1: expected rows of {layout.expected()}, found "
+                              f"{'only a header' if header else 'an empty file'}")
     block_bytes = _CHUNK_BYTES
     file_bytes = text.path.stat().st_size
     while True:
@@ -353,7 +357,6 @@ def _read_delimited(
         _slow_rows(path, text.lines(skip_lines + 1), layout)
         raise DataFormatError(f"{path}: expected rows of {layout.expected()}; a row the engine read breaks the format "
                               "but no line does")
-    n_empty_after_header = text.n_empty_lines - (header.n_empty_before if header else 0)
     n_rows = text.n_lines - skip_lines - n_empty_after_header - len(skipped_blank)
     if not push_down:
         if table.num_rows != n_rows:  # a quoted field ran past the end of its line and joined lines
