@@ -30,9 +30,11 @@ from hvae_jax.data.splits import Split
 from hvae_jax.evaluate import DEFAULT_KS
 from hvae_jax.logs import MetricsLog
 from hvae_jax.models.hvae import init_params, parameter_group
+from hvae_jax.models.likelihoods import LIKELIHOODS
+from hvae_jax.models.priors import PRIORS
 from hvae_jax.objectives import needs_snapshot
 from hvae_jax.optimizers import GroupedOptimizer
-from hvae_jax.schedules import Phase, Schedule, build_schedule
+from hvae_jax.schedules import SCHEDULES, Phase, Schedule, build_schedule
 
 EVAL_STREAM = 0xE7A1
 
@@ -58,6 +60,19 @@ def run_keys(seed: int) -> RunKeys:
     """The run's independent key streams: init / train / shuffle split once from the seed, evaluation folded in."""
     root = jax.random.key(seed)
     return RunKeys(*jax.random.split(root, 3), jax.random.fold_in(root, EVAL_STREAM))
+
+
+def check_registered(model_config, train) -> None:
+    """Raises ValueError naming a prior, likelihood or schedule that no registry knows (the configs hold names
+    only; the registries live with their implementations)."""
+    checks = [("schedule", train.schedule, SCHEDULES)]
+    if model_config.kind in ("vae", "dae"):
+        checks.append(("likelihood", model_config.likelihood, LIKELIHOODS))
+    if model_config.kind == "vae":
+        checks.append(("prior", model_config.prior, PRIORS))
+    for what, name, registry in checks:
+        if name not in registry:
+            raise ValueError(f"unknown {what} {name!r}; registered: {', '.join(registry)} (register_{what} adds one)")
 
 
 class DivergenceError(FloatingPointError):
@@ -96,6 +111,7 @@ class TrainSetup:
         logits_budget_bytes: int = input_paths.DEFAULT_LOGITS_BUDGET_BYTES,
         ks=DEFAULT_KS,
     ) -> "TrainSetup":
+        check_registered(model_config, train)
         n_train = train_matrix.shape[0]
         if n_train == 0:
             raise ValueError("the training matrix has no users")

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import hvae_jax as hv
-from hvae_jax.configs import RECVAE, VAEConfig
+from hvae_jax.configs import RECVAE, TrainConfig, VAEConfig
+from hvae_jax.train import check_registered
 from hvae_jax.models.priors import PRIORS, CompositePrior, PriorContext, StandardNormal, VampPrior, build_prior
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -75,7 +76,11 @@ def test_vamp_prior_dropout_uses_one_mask_for_the_batch_and_none_without_a_key()
 
 def test_a_registered_prior_is_reachable_by_name_and_unknown_names_are_refused():
     with pytest.raises(ValueError, match="unknown prior"):
-        VAEConfig(prior="no-such-prior")
+        check_registered(VAEConfig(prior="no-such-prior"), TrainConfig())
+    with pytest.raises(ValueError, match="unknown likelihood"):
+        check_registered(VAEConfig(likelihood="poisson"), TrainConfig())
+    with pytest.raises(ValueError, match="unknown schedule"):
+        check_registered(VAEConfig(), TrainConfig(schedule="no-such-schedule"))
     assert {"standard", "vamp", "composite"} <= set(PRIORS)
 
 
