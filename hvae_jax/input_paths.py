@@ -36,7 +36,7 @@ from hvae_jax.models import sparse as sparse_layer
 from hvae_jax.models.hvae import build_model, draw_noise, output_layer_path, project_first_layers
 from hvae_jax.models.layers import Projected
 from hvae_jax.models.likelihoods import build_likelihood
-from hvae_jax.objectives import UserTerms, combine_terms, needs_snapshot, per_user_terms, prior_context
+from hvae_jax.objectives import UserTerms, combine_terms, per_user_terms, prior_context
 
 DEFAULT_LOGITS_BUDGET_BYTES = 64 * 2**20
 SPARSE_DROPOUT_STREAM = 0x5D0F
@@ -369,10 +369,6 @@ def neural_eval_step(model: nn.Module, ks: Sequence[int] = DEFAULT_KS, input_pat
     if input_path not in paths:
         raise ValueError(f"input_path must be 'dense' or 'sparse' here, got {input_path!r}")
     return paths[input_path](model, None, 1).eval_step(ks)
-
-
-def snapshot_needed(path: InputPath) -> bool:
-    return needs_snapshot(path.model)
 
 
 def describe(path: InputPath) -> str:
