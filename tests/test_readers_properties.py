@@ -19,11 +19,12 @@ import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from hvae_jax.data.interactions import DataFormatError, Interactions
+from hvae_jax.data.interactions import DataFormatError, Interactions, from_raw_ids
 from hvae_jax.data.readers import read_interactions
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -356,6 +357,11 @@ def test_valid_files_read_back_exactly(file_format, data):
     assert not isinstance(result, DataFormatError), str(result)
     assert read_counts(result) == pair_counts(written, min_rating)
     assert read_counts(result) == pair_counts(reference(content, file_format), min_rating)
+    # Indices too: ids numbered by first appearance among the kept rows, pairs sorted, as from_raw_ids does.
+    kept = [(user, item) for user, item, value in written if min_rating is None or value > min_rating]
+    expected = from_raw_ids(np.array([user for user, _ in kept], str), np.array([item for _, item in kept], str))
+    for field in ("users", "items", "counts", "user_ids", "item_ids"):
+        np.testing.assert_array_equal(getattr(result, field), getattr(expected, field))
 
 
 # ----------------------------------------------------------------------------------------------------------------
