@@ -1,5 +1,6 @@
 """Orbax checkpoints of a run: `latest` (the full training state, to resume) and `best` (parameters with the best
-validation metric), each with a JSON record of the loop's bookkeeping.
+validation metric), each with a JSON record of the loop's bookkeeping, in the run directory's `checkpoints/`
+(named by `rundir.RunPaths`).
 """
 
 from __future__ import annotations
@@ -9,13 +10,23 @@ import pathlib
 import jax
 import orbax.checkpoint as ocp
 
+from hvae_jax.rundir import RunPaths
+
 
 class Checkpoints:
-    """The `latest` and `best` checkpoints under `workdir/checkpoints/`."""
+    """The `latest` and `best` checkpoints of a run.
 
-    def __init__(self, workdir: str | pathlib.Path):
-        root = pathlib.Path(workdir).resolve() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    In a multi-host run every process opens them (orbax's primary process writes, the others wait).
+
+    Args:
+      run: the run directory: its path, or the `RunDir` that opened it.
+      create: create the folders on the first save; False to read a run without writing to it (evaluate,
+        recommend), where a missing checkpoint restores as None.
+    """
+
+    def __init__(self, run: str | pathlib.Path | RunPaths, *, create: bool = True):
+        root = RunPaths.of(run).checkpoints_dir.resolve()
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=create)
         self._managers = {name: ocp.CheckpointManager(root / name, options=options) for name in ("latest", "best")}
 
     def save(self, name: str, epoch: int, state, record: dict) -> None:

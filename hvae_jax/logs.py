@@ -1,5 +1,6 @@
-"""A run's metric log: one JSON line per epoch in `workdir/metrics.jsonl` and the same numbers as TensorBoard
-scalars under `workdir/tensorboard/`, kept consistent when a run resumes from a checkpoint.
+"""A run's metric log: one JSON line per epoch in the run directory's `metrics.jsonl` and the same numbers as
+TensorBoard scalars in its `tensorboard/`, kept consistent when a run resumes from a checkpoint. The files' names
+come from `rundir.RunPaths`.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ import pathlib
 import time
 from typing import Any, Iterator, Mapping
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from hvae_jax.rundir import RunPaths
 
 
 def flatten_scalars(row: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
@@ -53,7 +53,7 @@ def _json_default(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Appends metric rows to `workdir/metrics.jsonl` and, optionally, to TensorBoard.
+    """Appends metric rows to the run directory's metrics.jsonl and, optionally, to TensorBoard.
 
     A fresh run (`resume_epoch=None`) empties metrics.jsonl and removes earlier event files, so the log describes
     this run only. A resumed run passes the epoch its checkpoint holds: rows after that epoch (written after the
@@ -63,12 +63,18 @@ class MetricsLog:
     Usage:
       with MetricsLog(workdir) as metrics_log:
           metrics_log.write({"epoch": 1, "loss": 2.5, "kl": [0.3], "valid": {"ndcg@100": 0.31}})
+
+    Args:
+      run: the run directory: its path, or the `RunDir` that opened it.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True, *, resume_epoch: int | None = None):
-        self.workdir = pathlib.Path(workdir)
+    def __init__(self, run: str | pathlib.Path | RunPaths, tensorboard: bool = True, *,
+                 resume_epoch: int | None = None):
+        paths = RunPaths.of(run)
+        self.workdir = paths.path
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.path = self.workdir / METRICS_FILE
+        self.path = paths.metrics_path
+        self._log_dir = paths.tensorboard_dir
         self._rows_written = 0
         if resume_epoch is None:
             self.path.write_text("")
@@ -79,7 +85,7 @@ class MetricsLog:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            log_dir = self.workdir / TENSORBOARD_DIR
+            log_dir = self._log_dir
             if resume_epoch is None and log_dir.is_dir():
                 for old in log_dir.glob("events.out.tfevents.*"):
                     old.unlink()
@@ -108,7 +114,7 @@ class MetricsLog:
     @property
     def tensorboard_dir(self) -> pathlib.Path | None:
         """Where the event files go, or None without TensorBoard."""
-        return self.workdir / TENSORBOARD_DIR if self._tensorboard else None
+        return self._log_dir if self._tensorboard else None
 
     def write(self, row: Mapping[str, Any]) -> None:
         """Appends `row` as one JSON line (flushed at once) and logs its numbers as scalars at step `row["epoch"]`.

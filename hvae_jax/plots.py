@@ -16,15 +16,16 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-PLOTS_DIR = "plots"
+from hvae_jax.rundir import RunPaths  # noqa: E402
+
 _DPI = 120
 
 
-def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
-    """The rows of `workdir/metrics.jsonl`, in order; a last line cut short by an interruption is skipped."""
-    path = pathlib.Path(workdir) / "metrics.jsonl"
+def read_metrics(workdir: str | pathlib.Path | RunPaths) -> list[dict]:
+    """The rows of the run directory's metrics.jsonl, in order; a last line cut short by an interruption is skipped."""
+    path = RunPaths.of(workdir).metrics_path
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a neural `hvae train` run?")
+        raise FileNotFoundError(f"{path} not found: is {path.parent} the --workdir of a neural `hvae train` run?")
     rows = []
     for line in path.read_text().splitlines():
         if not line.strip():
@@ -128,15 +129,15 @@ def _save(fig, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def plot_training(workdir: str | pathlib.Path) -> list[pathlib.Path]:
-    """Writes the training curves of a run into `workdir/plots/` and returns the files written.
+def plot_training(workdir: str | pathlib.Path | RunPaths) -> list[pathlib.Path]:
+    """Writes the training curves of a run into its run directory's plots/ and returns the files written.
 
     `training.png` has four panels: loss and NLL, KL per level, validation NDCG@100 and Recall@20 with standard
     errors, and β. The panels that have data are also written alone: loss.png, kl.png, validation.png, beta.png.
     """
-    workdir = pathlib.Path(workdir)
-    rows = read_metrics(workdir)
-    out = workdir / PLOTS_DIR
+    run_paths = RunPaths.of(workdir)
+    rows = read_metrics(run_paths)
+    out = run_paths.plots_dir
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -145,7 +146,7 @@ def plot_training(workdir: str | pathlib.Path) -> list[pathlib.Path]:
     _draw_kl(axes[0, 1], rows)
     _draw_validation(axes[1, 0], rows)
     _draw_beta(axes[1, 1], rows)
-    fig.suptitle(f"Training of {workdir.resolve().name} ({len(rows)} epoch{'s' if len(rows) != 1 else ''})")
+    fig.suptitle(f"Training of {run_paths.path.resolve().name} ({len(rows)} epoch{'s' if len(rows) != 1 else ''})")
     written.append(_save(fig, out / "training.png"))
 
     for name, draw in (("loss", _draw_loss), ("kl", _draw_kl), ("validation", _draw_validation), ("beta", _draw_beta)):

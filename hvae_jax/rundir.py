@@ -36,7 +36,8 @@ A config.json without this module's "format" key was written by an older hvae_ja
 checking anything: it may describe other settings than the checkpoints beside it. Such a directory is read
 (`open_for_reading`, for evaluate and recommend) but not resumed: training there needs `--overwrite` or a new
 `--workdir`. Files of a run without any config.json (an older run that crashed early, or a deleted config.json) are
-refused the same way.
+refused the same way. A config.json with no other file of the run beside it (a run that stopped before saving its
+split, say on a malformed data file) describes nothing to mix with, so a new run replaces it whatever it holds.
 
 Every JSON file is written atomically (`write_json`) and read with a check that names the file, what it should hold
 and what to do (`read_json`). While a run trains, it holds an exclusive lock on `.hvae_jax.lock` in the directory, so
@@ -76,10 +77,10 @@ CHECKPOINTS_DIR = "checkpoints"
 PLOTS_DIR = "plots"
 LOCK_FILE = ".hvae_jax.lock"
 # What `--overwrite` removes, and nothing else. config.json goes last, so that an overwrite cut short leaves a
-# directory whose config.json still describes every run file left in it. split.tmp.npz is the half-written split
-# of an older hvae_jax.
-OWNED = (RESULTS_FILE, SPLIT_INFO_FILE, SPLIT_FILE, "split.tmp.npz", METRICS_FILE, TENSORBOARD_DIR, CHECKPOINTS_DIR,
-         PLOTS_DIR, CONFIG_FILE)
+# directory whose config.json still describes every run file left in it. split.tmp.npz and split.tmp.json are
+# the half-written split of `data.splits.save_split` called on the directory itself.
+OWNED = (RESULTS_FILE, SPLIT_INFO_FILE, SPLIT_FILE, "split.tmp.npz", "split.tmp.json", METRICS_FILE,
+         TENSORBOARD_DIR, CHECKPOINTS_DIR, PLOTS_DIR, CONFIG_FILE)
 # The temporaries of `write_json` and `RunDir.save_split`, left behind only when a process is killed mid-write.
 _TEMPORARY = re.compile(
     r"^\.(?:%s)\.[0-9a-f]{12}\.tmp$|^\.split\.[a-z0-9_]{8}\.tmp$"
@@ -94,8 +95,8 @@ NOT_FINGERPRINTED: Mapping[str, frozenset[str]] = {
 CATALOGUE_LAYOUT_SETTINGS = frozenset({"ks", "logits_budget_mb"})
 _DIRECTORIES = (TENSORBOARD_DIR, CHECKPOINTS_DIR, PLOTS_DIR)
 WAYS_OUT = ("To keep that run, train in a new --workdir; to discard it, pass --overwrite, which deletes the run's "
-            f"files there ({', '.join(sorted(n + '/' if n in _DIRECTORIES else n for n in OWNED))}) and nothing "
-            "else, and starts clean.")
+            f"files there ({', '.join(sorted(n + '/' if n in _DIRECTORIES else n for n in OWNED if '.tmp' not in n))}"
+            " and half-written temporaries) and nothing else, and starts clean.")
 
 
 class RunDirError(ValueError):
@@ -358,12 +359,24 @@ def _check_resumable(path: pathlib.Path, config: Mapping[str, Any]) -> tuple[boo
       RunDirError: the directory holds another run, a run this module cannot vouch for, or a damaged config.json.
     """
     config_path = path / CONFIG_FILE
+    leftovers = [name for name in _existing_owned(path) if name != CONFIG_FILE] if path.is_dir() else []
     if not config_path.exists():
-        leftovers = _existing_owned(path) if path.is_dir() else []
         if leftovers:
             raise RunDirError(f"{path} holds files of a run ({', '.join(leftovers)}) but no {CONFIG_FILE}, so the "
                               f"settings that produced them are unknown. {WAYS_OUT}")
         return False, []
+    if not leftovers:
+        try:
+            resumed, notes = _check_resumable_config(path, config)
+        except RunDirError:
+            return False, [f"{config_path} is replaced: the run it describes saved nothing else"]
+        return resumed, notes
+    return _check_resumable_config(path, config)
+
+
+def _check_resumable_config(path: pathlib.Path, config: Mapping[str, Any]) -> tuple[bool, list[str]]:
+    """`_check_resumable` once config.json is known to exist."""
+    config_path = path / CONFIG_FILE
     stored = read_json(config_path, expected="the run's settings", remedy=_config_remedy(path))
     if "format" not in stored:
         raise RunDirError(
@@ -433,7 +446,58 @@ def _lock(path: pathlib.Path):
     return handle
 
 
-class RunDir:
+class RunPaths:
+    """Where a run's files are in directory `path`: the one place that names them.
+
+    `RunDir` (a directory checked and opened for a run) is a `RunPaths`; a bare `RunPaths(workdir)` serves code
+    given only a directory, such as `train.fit(..., workdir)` called from a script, or `hvae plot`.
+    """
+
+    def __init__(self, path: str | pathlib.Path):
+        self.path = pathlib.Path(path)
+
+    @classmethod
+    def of(cls, run: str | pathlib.Path | RunPaths) -> RunPaths:
+        """`run` itself when it is already a `RunPaths` (a `RunDir`), else the paths of directory `run`."""
+        return run if isinstance(run, RunPaths) else cls(run)
+
+    @property
+    def config_path(self) -> pathlib.Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def results_path(self) -> pathlib.Path:
+        return self.path / RESULTS_FILE
+
+    @property
+    def split_path(self) -> pathlib.Path:
+        return self.path / SPLIT_FILE
+
+    @property
+    def split_info_path(self) -> pathlib.Path:
+        return self.path / SPLIT_INFO_FILE
+
+    @property
+    def metrics_path(self) -> pathlib.Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def tensorboard_dir(self) -> pathlib.Path:
+        return self.path / TENSORBOARD_DIR
+
+    @property
+    def checkpoints_dir(self) -> pathlib.Path:
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def plots_dir(self) -> pathlib.Path:
+        return self.path / PLOTS_DIR
+
+    def __repr__(self) -> str:
+        return f"RunPaths({str(self.path)!r})"
+
+
+class RunDir(RunPaths):
     """One run's directory. Open it with `open_for_training` or `open_for_reading`; nothing else builds its paths.
 
     Attributes:
@@ -447,7 +511,7 @@ class RunDir:
 
     def __init__(self, path: pathlib.Path, config: dict, *, resumed: bool, legacy: bool = False,
                  notes: tuple[str, ...] = (), writable: bool = True, lock=None):
-        self.path = path
+        super().__init__(path)
         self.config = config
         self.resumed = resumed
         self.legacy = legacy
@@ -530,39 +594,6 @@ class RunDir:
             if legacy else ()
         return cls(path, config, resumed=True, legacy=legacy, notes=notes)
 
-    # Where things are: the one place that names the run's files.
-    @property
-    def config_path(self) -> pathlib.Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def results_path(self) -> pathlib.Path:
-        return self.path / RESULTS_FILE
-
-    @property
-    def split_path(self) -> pathlib.Path:
-        return self.path / SPLIT_FILE
-
-    @property
-    def split_info_path(self) -> pathlib.Path:
-        return self.path / SPLIT_INFO_FILE
-
-    @property
-    def metrics_path(self) -> pathlib.Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def tensorboard_dir(self) -> pathlib.Path:
-        return self.path / TENSORBOARD_DIR
-
-    @property
-    def checkpoints_dir(self) -> pathlib.Path:
-        return self.path / CHECKPOINTS_DIR
-
-    @property
-    def plots_dir(self) -> pathlib.Path:
-        return self.path / PLOTS_DIR
-
     @property
     def settings(self) -> dict:
         return self.config["settings"]
@@ -574,6 +605,11 @@ class RunDir:
     @property
     def train(self) -> dict:
         return self.config["train"]
+
+    @property
+    def writer(self) -> bool:
+        """False for a multi-host run's other processes, which check the directory but write nothing."""
+        return self._writable
 
     def _require_writable(self) -> None:
         if not self._writable:
@@ -595,6 +631,32 @@ class RunDir:
         return (f"Delete {SPLIT_FILE} and {SPLIT_INFO_FILE} from {self.path} to split again from the settings in "
                 f"{CONFIG_FILE} (the same settings and data give the same split), or train with --overwrite.")
 
+    def _complete_split(self, required: bool) -> bool:
+        """Whether a complete split is saved (split.json, written last, marks it so), with split.json checked.
+
+        Raises:
+          FileNotFoundError: `required` and no complete split is saved.
+          RunDirError: split.json is damaged.
+        """
+        if not (self.split_path.exists() and self.split_info_path.exists()):
+            if required:
+                raise FileNotFoundError(f"no complete split in {self.path} ({SPLIT_FILE} and {SPLIT_INFO_FILE}): the "
+                                        "run stopped before saving it; train it again")
+            return False
+        info = read_json(self.split_info_path, expected=f"the statistics of the split in {SPLIT_FILE}",
+                         remedy=self._split_remedy())
+        if not isinstance(info.get("statistics"), dict):
+            raise RunDirError(f"{self.split_info_path} has no 'statistics' object: expected the statistics of the "
+                              f"split in {SPLIT_FILE}. {self._split_remedy()}")
+        return True
+
+    def _read_split_arrays(self, read):
+        try:
+            return read(self.path)
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+            raise RunDirError(f"{self.split_path} cannot be read ({type(error).__name__}: {error}): expected the "
+                              f"run's split arrays. {self._split_remedy()}") from error
+
     def load_split(self, *, required: bool = False):
         """The run's saved split, or None when there is none (split.json is written last and marks it complete).
 
@@ -604,21 +666,17 @@ class RunDir:
         """
         from hvae_jax.data import splits as splits_lib
 
-        if not (self.split_path.exists() and self.split_info_path.exists()):
-            if required:
-                raise FileNotFoundError(f"no complete split in {self.path} ({SPLIT_FILE} and {SPLIT_INFO_FILE}): the "
-                                        "run stopped before saving it; train it again")
+        if not self._complete_split(required):
             return None
-        info = read_json(self.split_info_path, expected=f"the statistics of the split in {SPLIT_FILE}",
-                         remedy=self._split_remedy())
-        if not isinstance(info.get("statistics"), dict):
-            raise RunDirError(f"{self.split_info_path} has no 'statistics' object: expected the statistics of the "
-                              f"split in {SPLIT_FILE}. {self._split_remedy()}")
-        try:
-            return splits_lib.load_split(self.path)
-        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as error:
-            raise RunDirError(f"{self.split_path} cannot be read ({type(error).__name__}: {error}): expected the "
-                              f"run's split arrays. {self._split_remedy()}") from error
+        return self._read_split_arrays(splits_lib.load_split)
+
+    def split_ids(self):
+        """(item ids [n_items], training user ids [n_train]) of the run's saved split, as strings, without reading
+        its matrices. Raises as `load_split(required=True)` does."""
+        from hvae_jax.data import splits as splits_lib
+
+        self._complete_split(required=True)
+        return self._read_split_arrays(splits_lib.load_split_ids)
 
     def save_split(self, split) -> None:
         """Saves `split` (a `data.splits.Split`): split.npz replaced atomically, then split.json written last."""

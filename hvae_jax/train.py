@@ -34,6 +34,7 @@ from hvae_jax.models.likelihoods import LIKELIHOODS
 from hvae_jax.models.priors import PRIORS
 from hvae_jax.objectives import needs_snapshot
 from hvae_jax.optimizers import GroupedOptimizer
+from hvae_jax.rundir import RunPaths
 from hvae_jax.schedules import SCHEDULES, Phase, Schedule, build_schedule
 
 EVAL_STREAM = 0xE7A1
@@ -261,7 +262,7 @@ def fit(
     model_config,
     train,
     split: Split,
-    workdir: str | pathlib.Path,
+    workdir: str | pathlib.Path | RunPaths,
     *,
     side_features: dict[str, np.ndarray] | None = None,
     ks: tuple[int, ...] = DEFAULT_KS,
@@ -274,10 +275,12 @@ def fit(
 ) -> FitResult:
     """Trains a neural model on `split.train`, validating on `split.valid` after every `eval_every` epochs.
 
-    Resumes from `workdir/checkpoints/latest` when it exists. Writes `workdir/metrics.jsonl`, one JSON line per
+    Resumes from the run directory's `latest` checkpoint when it exists. Writes its metrics.jsonl, one JSON line per
     epoch (loss, nll, KL per level, beta, validation metrics, seconds).
 
     Args:
+      workdir: the run directory: a path (created if missing), or the `RunDir` that `experiment.run` opened after
+        checking that the directory holds this run.
       side_features: optional {"train": [n_train, F], "valid": [n_valid, F], "test": [n_test, F]} aligned with the
         split's users.
       stop_after_epochs: end this call after so many epochs (to simulate an interruption); the checkpoint lets a
@@ -287,8 +290,9 @@ def fit(
         score items in chunks whose [batch, chunk] float32 logits fit `logits_budget_bytes` per device
         (`input_paths.ItemShardedPath`); the model is built at the padded catalogue size.
     """
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    run_paths = RunPaths.of(workdir)
+    if run_paths is not workdir:
+        run_paths.path.mkdir(parents=True, exist_ok=True)
     setup = TrainSetup.build(model_config, train, split.train, mesh=mesh, catalogue_mesh=catalogue_mesh,
                              logits_budget_bytes=logits_budget_bytes, ks=ks)
     if catalogue_mesh is not None:
@@ -300,20 +304,20 @@ def fit(
     if mesh is not None:
         matrix, train_side = jax.device_put((matrix, train_side), parallel.replicated(mesh))
 
-    checkpoints = Checkpoints(workdir)
+    checkpoints = Checkpoints(run_paths)
     state = setup.init_state(n_side)
     loop = hooks.LoopState()
     restored = checkpoints.restore("latest", abstract_like(state))
     if restored is not None:
         state, record = restored
         loop = hooks.LoopState.from_record(record)
-        log(f"resuming from epoch {loop.epoch} (update {int(state.step)}) in {workdir}")
+        log(f"resuming from epoch {loop.epoch} (update {int(state.step)}) in {run_paths.path}")
         if loop.best_epoch is not None:
             best = checkpoints.restore("best", abstract_like(state.params))
             loop.best_params = None if best is None else best[0]
     resumed_from = loop.epoch if restored is not None else None
     # In a multi-host run every process trains; the first one alone writes the log.
-    metrics_log = MetricsLog(workdir, resume_epoch=resumed_from) if jax.process_index() == 0 else None
+    metrics_log = MetricsLog(run_paths, resume_epoch=resumed_from) if jax.process_index() == 0 else None
     loop_hooks = _default_hooks(setup, split, side, checkpoints, metrics_log, ks=ks, progress=progress, log=log,
                                 initial_epoch=loop.epoch)
 

@@ -332,6 +332,59 @@ def test_a_damaged_config_is_named_and_refused_and_overwrite_replaces_it(tmp_pat
     assert read_config(workdir)["format"] == rundir.FORMAT
 
 
+@pytest.mark.parametrize("stored", ["other settings", "legacy", "damaged"])
+def test_a_config_alone_describes_nothing_to_mix_and_is_replaced(tmp_path, stored):
+    """A run that stopped before saving its split (a malformed data file, say) leaves only config.json."""
+    workdir = tmp_path / "run"
+    with RunDir.open_for_training(workdir, **configuration(train__seed=1)):
+        pass
+    if stored == "legacy":
+        (workdir / rundir.CONFIG_FILE).write_text(json.dumps(configuration(train__seed=1)))
+    elif stored == "damaged":
+        (workdir / rundir.CONFIG_FILE).write_text("")
+    add_user_files(workdir)
+    with RunDir.open_for_training(workdir, **configuration()) as run:
+        assert not run.resumed and "saved nothing else" in run.notes[0]
+    assert read_config(workdir)["train"]["seed"] == TRAIN["seed"]
+    assert (workdir / "notes.md").exists()
+    (workdir / rundir.SPLIT_INFO_FILE).write_text("{}")  # now there is something to mix
+    with pytest.raises(RunDirError, match="train.seed"):
+        RunDir.open_for_training(workdir, **configuration(train__seed=1))
+
+
+def test_run_paths_name_the_files_of_a_directory_and_a_run_dir_is_one(tmp_path):
+    paths = rundir.RunPaths(tmp_path)
+    assert rundir.RunPaths.of(tmp_path).checkpoints_dir == paths.checkpoints_dir == tmp_path / "checkpoints"
+    assert (paths.metrics_path, paths.tensorboard_dir) == (tmp_path / "metrics.jsonl", tmp_path / "tensorboard")
+    assert (paths.results_path, paths.plots_dir) == (tmp_path / "results.json", tmp_path / "plots")
+    with RunDir.open_for_training(tmp_path / "run", **configuration()) as run:
+        assert rundir.RunPaths.of(run) is run and run.writer
+    assert not RunDir.open_for_training(tmp_path / "other", **configuration(), writer=False).writer
+    assert not any(path.exists() for path in (paths.checkpoints_dir, paths.metrics_path))  # naming creates nothing
+
+
+def test_checkpoints_and_metrics_log_write_where_the_run_dir_says(tmp_path):
+    import jax.numpy as jnp
+
+    from hvae_jax.checkpoint import Checkpoints
+    from hvae_jax.logs import MetricsLog
+
+    with RunDir.open_for_training(tmp_path / "run", **configuration()) as run:
+        checkpoints = Checkpoints(run)
+        checkpoints.save("latest", 3, {"w": jnp.ones(2)}, {"epoch": 3})
+        checkpoints.close()
+        with MetricsLog(run, tensorboard=True) as metrics_log:
+            metrics_log.write({"epoch": 1, "loss": 2.0})
+    assert (run.checkpoints_dir / "latest" / "3").is_dir()
+    assert run.metrics_path.read_text() == '{"epoch": 1, "loss": 2.0}\n'
+    assert list(run.tensorboard_dir.glob("events.out.tfevents.*"))
+    shutil.rmtree(run.checkpoints_dir / "best")  # a run that never validated
+    reading = Checkpoints(RunDir.open_for_reading(run.path), create=False)
+    assert reading.latest_epoch("latest") == 3 and reading.restore("best", None) is None
+    reading.close()
+    assert not (run.checkpoints_dir / "best").exists()  # reading created nothing
+
+
 def test_a_file_is_not_a_workdir(tmp_path):
     workdir = tmp_path / "run"
     workdir.write_text("x")
@@ -642,16 +695,19 @@ def test_the_fingerprint_leaves_out_exactly_the_listed_settings_and_resolves_the
     assert {"ks", "logits_budget_mb", "item_shards"} <= set(sharded)
 
 
-def test_the_real_configurations_fingerprint_and_resume(tmp_path):
+@pytest.mark.parametrize("kind", ["VAEConfig", "DAEConfig", "EASEConfig", "PopularityConfig"])
+def test_the_real_configurations_fingerprint_and_resume(tmp_path, kind):
     from hvae_jax import configs
     from hvae_jax.configs import TrainConfig
-    from hvae_jax.experiment import RunSettings
+    from hvae_jax.experiment import RunSettings, run_config
 
-    model = getattr(configs, "VAEConfig", configs.ModelConfig)()  # one config class per kind since the configs refactor
-    arguments = {"settings": dataclasses.asdict(RunSettings(workdir=str(tmp_path))),
-                 "model": {"kind": model.kind, **dataclasses.asdict(model)},
-                 "train": dataclasses.asdict(TrainConfig())}
-    with RunDir.open_for_training(tmp_path, **arguments):
-        pass
+    settings, model, train = RunSettings(workdir=str(tmp_path)), getattr(configs, kind)(), TrainConfig()
+    arguments = run_config(settings, model, train)
+    assert arguments["model"]["kind"] == model.kind
+    with RunDir.open_for_training(tmp_path, **arguments) as run:
+        run.write_results({"model": model.label})
     with RunDir.open_for_training(tmp_path, **arguments) as run:
         assert run.resumed
+    other = run_config(settings, model, dataclasses.replace(train, seed=1))
+    with pytest.raises(RunDirError, match=r"train\.seed: 98765 -> 1"):
+        RunDir.open_for_training(tmp_path, **other)
