@@ -40,7 +40,7 @@ import pyarrow.dataset as pa_dataset
 from hvae_jax.data.interactions import DataFormatError
 from hvae_jax.data.readers.columns import Columns, keep_above
 from hvae_jax.data.readers.errors import line_error, show
-from hvae_jax.data.readers.names import VALUE_NAMES, normalise_name, pick_columns
+from hvae_jax.data.readers.names import VALUE_NAMES, pick_columns
 from hvae_jax.data.readers.textfile import TextFile, open_text
 
 # Bytes the engine parses per block (blocks are parsed in parallel). A line longer than a block is read by retrying
@@ -147,8 +147,8 @@ def read_csv(path: Path, min_rating: float | None) -> Columns:
     except csv.Error as error:
         raise line_error(path, header.line_number, "a CSV header", f"unreadable CSV ({error})", header.line) from None
     if len(names) < 2:
-        raise line_error(path, header.line_number, "a header of at least 2 comma-separated columns (user,item[,rating])",
-                         f"{len(names)} column", header.line)
+        raise line_error(path, header.line_number, "a header of at least 2 comma-separated columns "
+                         "(user,item[,rating])", f"{len(names)} column", header.line)
     if all(is_number(name) for name in names):
         raise line_error(path, header.line_number, "a header naming the columns (e.g. userId,movieId,rating,timestamp)",
                          "numbers (for a file without header use format='pairs')", header.line)
@@ -304,8 +304,8 @@ def _read_netflix_file(path: Path) -> tuple[pa.Array, pa.Array, np.ndarray, int]
     bad[rating_rows] = row_bad
     if bad.any():
         first_bad = int(np.argmax(bad))
-        earlier_movies = np.flatnonzero(is_movie[:first_bad])
-        movie = None if len(earlier_movies) == 0 else "known"
+        n_movies_before = int(np.count_nonzero(is_movie[:first_bad]))
+        movie = None if n_movies_before == 0 else movie_ids[n_movies_before - 1].as_py()
         _name_bad_line(path, lines, int(nonblank[first_bad]), lambda numbered: _slow_netflix(path, numbered, movie))
     items = movie_ids.take(pa.array(movie_of_line[rating_rows]))
     return users, items, ratings, len(lines) - len(nonblank)
