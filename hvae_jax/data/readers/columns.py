@@ -88,11 +88,15 @@ def to_interactions(columns: Columns, *, source: str, notes: list[str]) -> Inter
     user_codes, user_ids = factorize(columns.users, columns.strip)
     item_codes, item_ids = factorize(columns.items, columns.strip)
     n_items = max(len(item_ids), 1)
-    pairs = user_codes.astype(np.int64) * n_items + item_codes
+    pairs = user_codes.astype(np.int64)
+    pairs *= n_items
+    pairs += item_codes
     # Stable sorting is a merge of runs, fast on rating files, which are grouped by user.
     pairs.sort(kind="stable")
-    first = np.flatnonzero(np.concatenate([[True], pairs[1:] != pairs[:-1]])) if len(pairs) else np.zeros(0, np.int64)
-    counts = np.diff(np.append(first, len(pairs)))
+    starts_run = np.ones(len(pairs), bool)
+    np.not_equal(pairs[1:], pairs[:-1], out=starts_run[1:])
+    first = np.flatnonzero(starts_run)
+    counts = np.diff(first, append=len(pairs))
     pairs = pairs[first]
     notes = list(notes)
     if len(pairs) < len(user_codes):

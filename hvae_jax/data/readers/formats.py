@@ -45,7 +45,7 @@ from hvae_jax.data.readers.textfile import TextFile, open_text
 
 # Bytes the engine parses per block (blocks are parsed in parallel). A line longer than a block is read by retrying
 # with larger blocks, so this bounds memory, not what can be read.
-_CHUNK_BYTES = 1 << 24
+_CHUNK_BYTES = 1 << 22
 # Bytes per block when looking for the first bad line of a file the engine refused.
 _LOCATE_BLOCK_BYTES = 1 << 20
 _BLANKS = " \t"
