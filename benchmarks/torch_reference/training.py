@@ -1,20 +1,24 @@
 """Training and evaluation loops for the PyTorch models, in two flavours.
 
 `ReferenceTrainer` is written the way common public Mult-VAE ports are: the training matrix stays a scipy CSR matrix
-on the host, each batch is densified there (`matrix[rows].toarray()`) and copied to the device, and
-`torch.optim.Adam` updates an `nn.Module` that sees dense [batch, n_items] rows.
+on the host, each batch is densified there (`matrix[rows].toarray()`) and copied to the device, and the optimizer
+(`torch.optim.Adam`, or Kim & Suh's AdamNormGrad) updates an `nn.Module` that sees dense [batch, n_items] rows.
 
 `OptimizedTrainer` keeps the maths and changes the data path: a batch travels as (item, row, value) triples padded
-to a fixed length, the first layer is an `embedding_bag` over those items, dropout is drawn per interaction, the
-likelihood reads the logits at the interactions only, and the loss (forward and backward) goes through
-`torch.compile` when it builds; otherwise the trainer runs eagerly and says why in `compile_error`.
+to a fixed length, every input branch's first layer is an `embedding_bag` over those items, dropout is drawn per
+interaction, the likelihood reads the logits at the interactions only, and the loss (forward and backward) goes
+through `torch.compile` when it builds; otherwise the trainer runs eagerly and says why in `compile_error`.
+
+Both follow the library's training schedule: every parameter at every update, or RecVAE's alternation of encoder
+and decoder epochs with one optimizer each and the encoder snapshot its composite prior reads.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,9 +26,11 @@ import torch
 from torch import nn
 
 from benchmarks.torch_reference.layers import SparseRows
-from benchmarks.torch_reference.models import draw_noise
-from benchmarks.torch_reference.objectives import batch_loss, beta_per_level
+from benchmarks.torch_reference.models import draw_noise, needs_snapshot
+from benchmarks.torch_reference.objectives import batch_loss, beta_per_level, per_user_kl_weights
+from benchmarks.torch_reference.optimizers import make_optimizer, parameter_groups
 from hvae_jax.configs import TrainConfig
+from hvae_jax.schedules import Phase, build_schedule
 
 
 def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -78,53 +84,132 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _EpochLoop:
-    """What both trainers share: an epoch is `step` over consecutive batches of a user order."""
+class _Trainer:
+    """What both trainers share: the optimizers (one, or RecVAE's encoder and decoder optimizers), the training
+    schedule's phase and the encoder snapshot, the KL weights of an update, and an epoch as `step` over
+    consecutive batches of a user order.
+
+    The schedule is the library's (`hvae_jax.schedules`): with `schedule="alternating"` (RecVAE) epochs run the
+    "encoder" phase (input dropout on, the encoder's optimizer steps) or the "decoder" phase (dropout off, the
+    decoder's optimizer steps), and the snapshot of the model that the composite prior reads is refreshed as each
+    cycle starts, as Shenbin et al.'s run.py (`run(opts=[optimizer_encoder])`, `update_prior()`,
+    `run(opts=[optimizer_decoder])`) does.
+    """
+
+    def _setup(self, model: nn.Module, train: TrainConfig, anneal_steps: int | None, fused: bool | None) -> None:
+        self.model = model
+        self.train = train
+        self.anneal_steps = anneal_steps
+        # Only the phases and snapshot times of the schedule are read here; they do not depend on steps_per_epoch.
+        self.schedule = build_schedule(train, n_levels=model.config.n_levels, steps_per_epoch=1)
+        grouped = any(phase.groups is not None for phase in self.schedule.phases)
+        groups = parameter_groups(model) if grouped else {"joint": list(model.parameters())}
+        self.optimizers = {name: _optimizer(train, params, fused) for name, params in groups.items()}
+        self.snapshot = None
+        if needs_snapshot(model.config):
+            self.snapshot = copy.deepcopy(model).requires_grad_(False)
+        self.step_count = 0
+        self.epoch = 0
+        self.phase = self.schedule.phase_of(1)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer of a joint schedule (one for all parameters)."""
+        if list(self.optimizers) != ["joint"]:
+            raise AttributeError(f"this trainer has one optimizer per group: {', '.join(self.optimizers)}")
+        return self.optimizers["joint"]
+
+    def take_snapshot(self) -> None:
+        """Copies the current parameters into the snapshot (RecVAE's `update_prior`)."""
+        if self.snapshot is not None:
+            self.snapshot.load_state_dict(self.model.state_dict())
+
+    def set_phase(self, name: str) -> Phase:
+        """Runs the following updates in the schedule's phase `name` ("joint"; RecVAE: "encoder" or "decoder")."""
+        phases = {phase.name: phase for phase in self.schedule.phases}
+        if name not in phases:
+            raise ValueError(f"schedule {self.train.schedule!r} has phases {', '.join(phases)}, not {name!r}")
+        self.phase = phases[name]
+        return self.phase
+
+    def begin_epoch(self, epoch: int) -> Phase:
+        """Enters epoch `epoch` (from 1): its phase, and a fresh snapshot where the schedule takes one."""
+        self.epoch = epoch
+        self.set_phase(self.schedule.phase_of(epoch).name)
+        if self.snapshot is not None and self.schedule.takes_snapshot(epoch):
+            self.take_snapshot()
+        return self.phase
 
     def run_epoch(self, matrix: sp.csr_matrix, order: np.ndarray) -> float:
-        """Updates over `order` in batches of `train.batch_size`; returns the mean loss."""
+        """The next epoch: updates over `order` in batches of `train.batch_size`; returns the mean loss."""
+        self.begin_epoch(self.epoch + 1)
         losses = [
             self.step(matrix, order[start : start + self.train.batch_size])["loss"]
             for start in range(0, len(order), self.train.batch_size)
         ]
         return float(torch.stack(losses).mean())
 
+    def _betas(self) -> torch.Tensor:
+        return beta_per_level(self.train, self.model.config, self.step_count, self.anneal_steps,
+                              epoch=max(self.epoch, 1))
 
-class ReferenceTrainer(_EpochLoop):
-    """Adam on dense host-densified batches, one update per call of `step`."""
+    def _apply(self, loss: torch.Tensor) -> None:
+        """Backward, then the phase's optimizers step (the others keep their parameters and moments)."""
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for name, optimizer in self.optimizers.items():
+            if self.phase.groups is None or name in self.phase.groups:
+                optimizer.step()
+        self.step_count += 1
 
-    def __init__(self, model: nn.Module, train: TrainConfig, *, anneal_steps: int, device: torch.device | str = "cpu"):
-        self.model = model
-        self.train = train
-        self.anneal_steps = anneal_steps
+
+def _optimizer(train: TrainConfig, params: list, fused: bool | None) -> torch.optim.Optimizer:
+    if not fused:
+        return make_optimizer(train, params)
+    try:
+        return make_optimizer(train, params, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return make_optimizer(train, params, fused=None)
+
+
+class ReferenceTrainer(_Trainer):
+    """The optimizer (`optimizers.make_optimizer`: Adam or AdamNormGrad) on dense host-densified batches, one update
+    per call of `step`. In an alternating schedule every gradient is computed and the phase's optimizer steps, as the
+    authors' run.py does.
+
+    Args:
+      anneal_steps: updates over which Liang et al.'s beta rises (None where the schedule does not anneal by update:
+        Kim & Suh's warm-up counts `run_epoch`/`begin_epoch` epochs, RecVAE weighs each user).
+    """
+
+    def __init__(self, model: nn.Module, train: TrainConfig, *, anneal_steps: int | None,
+                 device: torch.device | str = "cpu"):
+        self._setup(model, train, anneal_steps, fused=None)
         self.device = torch.device(device)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
-        self.step_count = 0
 
-    def step(self, matrix: sp.csr_matrix, rows: np.ndarray) -> dict[str, float]:
+    def step(self, matrix: sp.csr_matrix, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """One update on the users `rows` of `matrix` (no padding: the last batch of an epoch is just smaller)."""
         self.model.train()
         x = dense_rows(matrix, rows, self.device)
-        betas = beta_per_level(self.train, self.model.config, self.step_count, self.anneal_steps)
-        noise = draw_noise(self.model.config, x)
+        noise = draw_noise(self.model.config, x, dropout=self.phase.dropout)
         loss, metrics = batch_loss(self.model, self.train, x, None, torch.ones(len(rows), device=self.device),
-                                   betas.to(self.device), noise)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.step_count += 1
+                                   self._betas().to(self.device), noise,
+                                   kl_weights=per_user_kl_weights(self.train, x), snapshot=self.snapshot)
+        self._apply(loss)
         return metrics
 
 
-
-class OptimizedTrainer(_EpochLoop):
-    """Adam on sparse, padded batches with a compiled loss; every batch has the same shapes, so one compile serves.
+class OptimizedTrainer(_Trainer):
+    """The optimizer (fused where available) on sparse, padded batches with a compiled loss; every batch has the same
+    shapes, so one compile serves (one per phase of an alternating schedule). In an alternating schedule the frozen
+    group's parameters do not require gradients, so its backward pass is skipped.
 
     Args:
-      model: built with `sparse_input=True`.
+      model: built with `sparse_input=True` (every input branch's first layer an embedding bag).
       train: the training config (its batch size fixes the padded batch shape).
       max_nnz: padded entries per batch (`max_batch_nnz` of the training matrix).
-      anneal_steps: updates over which beta rises.
+      anneal_steps: updates over which Liang et al.'s beta rises (None where the schedule does not anneal by update).
       compile: try `torch.compile`; failures fall back to eager and are recorded in `compile_error`.
     """
 
@@ -134,32 +219,35 @@ class OptimizedTrainer(_EpochLoop):
         train: TrainConfig,
         *,
         max_nnz: int,
-        anneal_steps: int,
+        anneal_steps: int | None,
         device: torch.device | str = "cpu",
         compile: bool = True,
     ):
         if not getattr(model, "sparse_input", False):
             raise ValueError("OptimizedTrainer needs a model built with sparse_input=True")
-        self.model = model
-        self.train = train
-        self.max_nnz = max_nnz
-        self.anneal_steps = anneal_steps
         self.device = torch.device(device)
-        self.step_count = 0
+        self._setup(model, train, anneal_steps, fused=self.device.type in ("cuda", "cpu"))
+        self.max_nnz = max_nnz
         self.compile_error: str | None = None
-        fused = self.device.type in ("cuda", "cpu")
-        try:
-            self.optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate, fused=fused)
-        except (RuntimeError, TypeError, ValueError):
-            self.optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate, foreach=True)
         self._loss = self._eager_loss
         if compile:
             self._loss = torch.compile(self._eager_loss)
         self.compiled = compile
+        self.set_phase(self.phase.name)
 
-    def _eager_loss(self, x: SparseRows, user_weights: torch.Tensor, betas: torch.Tensor):
-        noise = draw_noise(self.model.config, x)
-        return batch_loss(self.model, self.train, x, None, user_weights, betas, noise)
+    def set_phase(self, name: str) -> Phase:
+        phase = super().set_phase(name)
+        if phase.groups is not None:
+            for group, optimizer in self.optimizers.items():
+                for param_group in optimizer.param_groups:
+                    for parameter in param_group["params"]:
+                        parameter.requires_grad_(group in phase.groups)
+        return phase
+
+    def _eager_loss(self, x: SparseRows, user_weights: torch.Tensor, betas: torch.Tensor, dropout: bool):
+        noise = draw_noise(self.model.config, x, dropout=dropout)
+        return batch_loss(self.model, self.train, x, None, user_weights, betas, noise,
+                          kl_weights=per_user_kl_weights(self.train, x), snapshot=self.snapshot)
 
     def batch(self, matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[SparseRows, torch.Tensor]:
         """The padded `SparseRows` of `rows` and their [batch_size] user weights (0 on padding rows)."""
@@ -173,22 +261,18 @@ class OptimizedTrainer(_EpochLoop):
         """One update on the users `rows` of `matrix` (at most `train.batch_size` of them)."""
         self.model.train()
         x, weights = self.batch(matrix, rows)
-        betas = beta_per_level(self.train, self.model.config, self.step_count, self.anneal_steps).to(self.device)
+        betas = self._betas().to(self.device)
         try:
-            loss, metrics = self._loss(x, weights, betas)
+            loss, metrics = self._loss(x, weights, betas, self.phase.dropout)
         except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly and record why
             if self._loss is self._eager_loss:
                 raise
             self.compile_error = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
             self._loss = self._eager_loss
             self.compiled = False
-            loss, metrics = self._loss(x, weights, betas)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.step_count += 1
+            loss, metrics = self._loss(x, weights, betas, self.phase.dropout)
+        self._apply(loss)
         return metrics
-
 
 
 def ranking_metrics(

@@ -1,7 +1,8 @@
 """Parameters both ways between the Flax models (nested dicts, Dense kernels [in, out]) and the PyTorch modules.
 
 The PyTorch modules name their submodules as the Flax model does, so a PyTorch parameter name maps to a Flax path by
-rule: list indices join their list's name (`posterior_heads.0` -> `posterior_heads_0`), `weight` becomes `kernel`.
+rule: list indices join their list's name (`posterior_heads.0` -> `posterior_heads_0`), `weight` becomes `kernel`
+(layer norms call their scale `scale`, as Flax does, so it keeps its name).
 `nn.Linear` stores its weight [out, in] and is transposed; `SparseInputLinear` already stores [in, out].
 """
 
