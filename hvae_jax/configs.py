@@ -54,6 +54,9 @@ class VAEConfig:
       likelihood: a registered likelihood (`models/likelihoods.py`): "multinomial", "bernoulli" or "gaussian".
       input_dropout: dropout rate on the normalised input during training (0.5 in Liang et al.).
       logvar_clip: (low, high) clip of every posterior and conditional-prior log-variance, or None.
+      separate_heads: each Gaussian's mean and log-variance from a layer of its own (Kim & Suh's code), rather than
+        one [hidden, 2d] layer split in two: the same functions, but a per-tensor optimizer (AdamNormGrad)
+        normalises the two gradients separately.
       kl_estimator: "analytic" KL between Gaussian levels, or "sample" (one-sample log q - log p, as Kim & Suh).
         A prior without a closed-form KL (VampPrior, composite) is always sampled.
       init: "glorot" (Liang: Glorot-uniform weights, N(0, 0.001) biases), "he" (Kim & Suh: N(0, 2/fan_in)
@@ -80,6 +83,7 @@ class VAEConfig:
     likelihood: str = "multinomial"
     input_dropout: float = 0.5
     logvar_clip: tuple[float, float] | None = None
+    separate_heads: bool = False
     kl_estimator: Literal["analytic", "sample"] = "analytic"
     init: str = "glorot"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -359,7 +363,7 @@ class NamedModel:
 KIMSUH_HVAMP = VAEConfig(
     name="hvamp", latents=(200, 200), hidden=600, encoder_layers=2, decoder_layers=2, branches="separate",
     prior="vamp", n_pseudo_inputs=1000, pseudo_input_dropout=True, normalize_pseudo_inputs=False, gated=True,
-    likelihood="bernoulli", logvar_clip=(-12.0, 4.0), kl_estimator="sample", init="he",
+    likelihood="bernoulli", logvar_clip=(-12.0, 4.0), separate_heads=True, kl_estimator="sample", init="he",
 )
 # Their loop stops when its counter of epochs without improvement exceeds 50 (`e > early_stopping_epochs`), and
 # keeps the counter at 0 before the warm-up ends: 51 epochs without improvement, counted from epoch 100.

@@ -88,6 +88,24 @@ def dense(in_features: int, out_features: int, init: str = "glorot") -> nn.Linea
     return layer
 
 
+class SeparateHeads(nn.Module):
+    """A Gaussian head as two layers (`mean`, `logvar`), output [mean, logvar] side by side, as the library's
+    `layers.SeparateHeads`."""
+
+    def __init__(self, in_features: int, features: int, init: str = "glorot"):
+        super().__init__()
+        self.mean = dense(in_features, features, init)
+        self.logvar = dense(in_features, features, init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.mean(x), self.logvar(x)], dim=-1)
+
+
+def gaussian_head(in_features: int, features: int, init: str, separate: bool) -> nn.Module:
+    """[mean, logvar] of `features` dimensions: one [in, 2 * features] layer, or two (`SeparateHeads`)."""
+    return SeparateHeads(in_features, features, init) if separate else dense(in_features, 2 * features, init)
+
+
 class SparseInputLinear(nn.Module):
     """y = x W + b with W stored [in, out]; x is dense [batch, in] or `SparseRows` (then one `embedding_bag`)."""
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from benchmarks.torch_reference import gaussian
-from benchmarks.torch_reference.layers import DenseNetStack, Hidden, SparseRows, Stack, dense
+from benchmarks.torch_reference.layers import DenseNetStack, Hidden, SparseRows, Stack, dense, gaussian_head
 from hvae_jax.configs import ModelConfig
 
 
@@ -159,13 +159,13 @@ class HierarchicalVAE(nn.Module):
                 hidden([width, latents[level + 1], side]) for level in range(n_levels - 1))
         elif c.inference == "ladder":
             self.upward = nn.ModuleList(hidden([width, side]) for _ in range(n_levels - 1))
-        self.posterior_heads = nn.ModuleList(dense(width, 2 * d, c.init) for d in latents)
+        self.posterior_heads = nn.ModuleList(gaussian_head(width, d, c.init, c.separate_heads) for d in latents)
         if c.decoder_layers <= 1:
             self.prior_hidden = nn.ModuleList(hidden([latents[level + 1], side]) for level in range(n_levels - 1))
         else:
             self.prior_paths = nn.ModuleList(
                 stack([latents[level + 1]], n_layers=c.decoder_layers) for level in range(n_levels - 1))
-        self.prior_heads = nn.ModuleList(dense(width, 2 * d, c.init) for d in latents[:-1])
+        self.prior_heads = nn.ModuleList(gaussian_head(width, d, c.init, c.separate_heads) for d in latents[:-1])
         if c.decoder_layers == 0:
             decoder_width = sum(latents) + (n_side_features or 0)  # the logits are linear in (z, side)
         elif c.decoder_layers == 1:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from hvae_jax.models import gaussian
-from hvae_jax.models.layers import DenseNetStack, Hidden, Projected, Stack, dense
+from hvae_jax.models.layers import DenseNetStack, Hidden, Projected, SeparateHeads, Stack, dense
 from hvae_jax.models.priors import PriorContext, build_prior
 
 
@@ -152,7 +152,13 @@ class HierarchicalVAE(nn.Module):
         n_levels = c.n_levels
         hidden = functools.partial(Hidden, c.hidden, c.gated, dtype=c.compute_dtype, init=c.init)
         stack = functools.partial(Stack, c.hidden, gated=c.gated, dtype=c.compute_dtype, init=c.init)
-        head = functools.partial(dense, dtype=c.compute_dtype, init=c.init)
+        dense_layer = functools.partial(dense, dtype=c.compute_dtype, init=c.init)
+
+        def head(width: int):  # a Gaussian's [mean, logvar] for `width // 2` dimensions
+            if c.separate_heads:
+                return SeparateHeads(width // 2, dtype=c.compute_dtype, init=c.init)
+            return dense_layer(width)
+
         self.prior = build_prior(c)
         if c.encoder == "densenet":
             self.encoder = DenseNetStack(c.hidden, c.encoder_layers, dtype=c.compute_dtype, init=c.init)
@@ -177,7 +183,7 @@ class HierarchicalVAE(nn.Module):
             self.decoder_hidden = hidden()
         elif c.decoder_layers >= 2:
             self.decoder_path = stack(c.decoder_layers)
-        self.decoder_output = head(self.n_items)
+        self.decoder_output = dense_layer(self.n_items)
         shapes = jax.eval_shape(lambda key: self.prior.init(key, c.latents[-1], self.n_items), jax.random.key(0))
         if jax.tree.leaves(shapes):
             self.prior_params = self.param("prior", self.prior.init, c.latents[-1], self.n_items)

@@ -75,6 +75,22 @@ class Linear(nn.Module):
         return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
+class SeparateHeads(nn.Module):
+    """A Gaussian head as two layers, mean = W x + b and log-variance = V x + c, returned side by side [mean, logvar]
+    as one [2 * features] layer would return them. Kim & Suh's code has separate layers, which matters for
+    per-tensor optimizers (AdamNormGrad normalises each layer's gradient on its own)."""
+
+    features: int
+    dtype: str = "float32"
+    init: str = "glorot"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        mean = Linear(self.features, self.dtype, self.init, name="mean")(x)
+        logvar = Linear(self.features, self.dtype, self.init, name="logvar")(x)
+        return jnp.concatenate([mean, logvar], axis=-1)
+
+
 def identity(x: jax.Array) -> jax.Array:
     return x
 
