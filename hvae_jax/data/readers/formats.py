@@ -8,13 +8,14 @@ not part of it; an id is any non-empty text, and in MovieLens, Last.fm, adjacenc
 kept as written (so `007` and `7` are two ids); a rating or value is a finite decimal number
 (`[+-]digits[.digits][e[+-]digits]`); CSV fields may be quoted with '"' (doubled inside), but not across lines.
 
-Why Arrow (pyarrow) is the engine, measured on a 20M-row ML-20M-shaped ratings.csv on this project's 2-core machine
-(see benchmarks/readers.py and its results): reading ids as text, rating > 3.5, pyarrow's dataset scanner took
-2.3-3.1 s at 450 MB peak, polars' lazy scanner 2.5-4.0 s at 620-710 MB, pandas `read_csv` 3.3-5.7 s at 1.8 GB on
-the same (shared, noisy) machine. Beyond speed, Arrow's CSV reader refuses a row with the wrong number of fields
-(polars fills missing fields with nulls, so a short line would pass unseen), hands each such row to a callback (so
-blank lines are skipped and counted), numbers ids by first appearance in one hash pass (`dictionary_encode`) and reads
-Parquet itself: one library for every format here.
+Why Arrow (pyarrow) is the engine. On a 20M-row ML-20M-shaped ratings.csv (536 MB), on this project's shared 2-core
+machine (`python -m benchmarks.readers --engines`, medians of 3 in benchmarks/results/readers-cpu-2core.json, load
+average about 10), reading user and item ids as text and keeping rating > 3.5: pyarrow's dataset scanner 5.4 s at
+379 MB peak, polars' lazy scanner 7.7 s at 596 MB, pandas `read_csv` (whole table, integer ids) 15.4 s at 1.84 GB.
+Beyond speed, Arrow's CSV reader refuses a row with the wrong number of fields (polars fills missing fields with
+nulls, so a short line would pass unseen), hands each such row to a callback (so blank lines are skipped and
+counted), numbers ids by first appearance in one hash pass (`dictionary_encode`) and reads Parquet itself: one
+library for every format here. All of `read_interactions` on that file took 0.98x pandas' time at 0.63x its memory.
 
 A line means one thing wherever it sits: the engine reads the whole file in blocks of `_CHUNK_BYTES` with options
 that follow the grammar above, vectorised checks test every row it returned, and only when the engine or those
