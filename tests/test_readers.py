@@ -624,3 +624,18 @@ def test_empty_and_blank_only_files(tmp_path):
     header_only = write(tmp_path, "ratings.csv", "userId,movieId,rating\n\n")
     with pytest.raises(DataFormatError, match="found only a header"):
         read_interactions(header_only)
+
+
+@pytest.mark.parametrize(
+    "name, content, file_format",
+    [
+        ("pairs.txt", "josé café 4\nbob café 5\n".encode("latin-1"), "pairs"),
+        ("x.inter", "user_id:token\titem_id:token\njosé\tcafé\n".encode("latin-1"), "recbole"),
+        ("combined_data_1.txt", "1:\n7,4,2005-é\n".encode("latin-1"), "netflix"),
+    ],
+)
+def test_latin1_fallback_is_noted_in_every_text_format(tmp_path, name, content, file_format):
+    data = read_interactions(write(tmp_path, name, content), file_format)
+    assert any("Latin-1" in note for note in data.notes)
+    if file_format != "netflix":
+        assert "josé" in data.user_ids and "café" in data.item_ids

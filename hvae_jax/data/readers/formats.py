@@ -226,7 +226,7 @@ def read_pairs(path: Path, min_rating: float | None) -> Columns:
         _name_bad_line(path, lines, int(data_rows[np.argmax(bad)]),
                        lambda numbered: _slow_rows(path, numbered, layout))
     users, items = pc.list_element(tokens, 0), pc.list_element(tokens, 1)
-    notes = [f"header line {first_line!r} skipped"] if has_header else []
+    notes = list(text.notes) + ([f"header line {first_line!r} skipped"] if has_header else [])
     notes += _blank_note(len(lines) - len(nonblank))
     return keep_above(Columns(users, items, n_rows=len(data_rows), value_name=layout.value_name, notes=notes),
                        values, min_rating)
@@ -254,7 +254,7 @@ def read_adjacency(path: Path, min_rating: float | None) -> Columns:
     first = pc.list_element(tokens, 0)
     users = first.take(pa.array(np.repeat(np.arange(len(n_tokens)), n_tokens - 1)))
     items = pc.list_flatten(pc.list_slice(tokens, 1))
-    notes = _blank_note(len(lines) - len(nonblank))
+    notes = list(text.notes) + _blank_note(len(lines) - len(nonblank))
     n_without_items = int(np.sum(n_tokens == 1))
     if n_without_items:
         notes.append(f"{n_without_items} users with no items skipped")
@@ -266,7 +266,8 @@ def read_netflix_files(files: list[Path], min_rating: float | None) -> Columns:
     users, items, ratings, notes = [], [], [], []
     n_blank = 0
     for path in files:
-        file_users, file_items, file_ratings, file_blank = _read_netflix_file(path)
+        file_users, file_items, file_ratings, file_blank, file_notes = _read_netflix_file(path)
+        notes += [f"{path.name}: {note}" for note in file_notes]
         users.append(file_users)
         items.append(file_items)
         ratings.append(file_ratings)
@@ -283,8 +284,8 @@ def read_netflix_files(files: list[Path], min_rating: float | None) -> Columns:
     return keep_above(columns, np.concatenate(ratings), min_rating)
 
 
-def _read_netflix_file(path: Path) -> tuple[pa.Array, pa.Array, np.ndarray, int]:
-    """(users, movies, ratings, blank lines) of one Netflix Prize file."""
+def _read_netflix_file(path: Path) -> tuple[pa.Array, pa.Array, np.ndarray, int, tuple[str, ...]]:
+    """(users, movies, ratings, blank lines, notes) of one Netflix Prize file."""
     text = open_text(path)
     lines = _line_array(text)
     trimmed = pc.utf8_trim(lines, _BLANKS)
@@ -309,7 +310,7 @@ def _read_netflix_file(path: Path) -> tuple[pa.Array, pa.Array, np.ndarray, int]
         movie = None if n_movies_before == 0 else movie_ids[n_movies_before - 1].as_py()
         _name_bad_line(path, lines, int(nonblank[first_bad]), lambda numbered: _slow_netflix(path, numbered, movie))
     items = movie_ids.take(pa.array(movie_of_line[rating_rows]))
-    return users, items, ratings, len(lines) - len(nonblank)
+    return users, items, ratings, len(lines) - len(nonblank), text.notes
 
 
 # ----------------------------------------------------------------------------------------------------------------
