@@ -1,10 +1,14 @@
 """The `hvae` command: parses flags (over a preset and a TOML config file) and wires the library together.
 
-  hvae train [--data NAME_OR_PATH] [--model multvae|multdae|hvae|ease|popularity] [...]
+  hvae train [--data NAME_OR_PATH] [--model multvae|multdae|hvae|ease|popularity] [--overwrite] [...]
   hvae evaluate --workdir DIR
   hvae data list | hvae data fetch NAME
   hvae recommend --workdir DIR --items 1,2,3 [-k 20]
   hvae plot --workdir DIR | --bench FILE
+
+Every anticipated failure (a bad setting, a missing or malformed file, a run directory holding another run, a
+diverged training) prints one `error: ...` line saying what, where and what to do, and exits with status 2; `--debug`
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,11 +17,16 @@ import argparse
 import dataclasses
 import json
 import pathlib
+import re
 import sys
 import tomllib
 from typing import Any, Callable
 
 from hvae_jax.configs import CONFIG_CLASSES, MODELS, PRESETS, TrainConfig, model_config_to_dict
+
+
+class UsageError(ValueError):
+    """A flag or configuration file the CLI cannot use; the message names it."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -143,17 +152,18 @@ def _read_toml(path_text: str) -> dict:
     """The settings of a `--config` file: top-level `key = value` pairs only, every key a long flag name."""
     path = pathlib.Path(path_text)
     if path.is_dir():
-        raise SystemExit(f"error: --config {path} is a folder; give a TOML file (keys are long flag names)")
+        raise UsageError(f"--config {path} is a folder; give a TOML file (keys are long flag names)")
     try:
         table = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise SystemExit(f"error: config file {path} not found")
+        raise UsageError(f"--config {path}: no such file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise SystemExit(f"error: {path}: not valid TOML: {error}")
+        raise UsageError(f"--config {path} is not valid TOML ({error}); keys are long flag names, e.g. "
+                         "`epochs = 50`") from None
     for key, value in table.items():
         if isinstance(value, dict):
-            raise SystemExit(
-                f"error: {path}: [{key}] is a table, but settings are top-level keys named after the long flags "
+            raise UsageError(
+                f"{path}: [{key}] is a table, but settings are top-level keys named after the long flags "
                 f"(e.g. `epochs = 50`, not `[{key}]` then `epochs = 50`); move its keys to the top of the file"
             )
     return table
@@ -170,9 +180,9 @@ def _toml_value(path: str, key: str, value, flag: Flag):
     try:
         parsed = flag.parse(text)
     except (TypeError, ValueError) as error:
-        raise SystemExit(f"error: {path}: {key} = {value!r} is not a valid {flag.name} ({error})")
+        raise UsageError(f"{path}: {key} = {value!r} is not a valid {flag.name} ({error}); fix it in the file")
     if flag.choices is not None and parsed not in flag.choices:
-        raise SystemExit(f"error: {path}: {key} = {value!r}: expected one of {', '.join(flag.choices)}")
+        raise UsageError(f"{path}: {key} = {value!r}: expected one of {', '.join(flag.choices)}")
     return parsed
 
 
@@ -187,7 +197,7 @@ def resolve_train_config(args: argparse.Namespace) -> tuple:
     sections: dict[str, dict] = {"settings": {}, "model": {}, "train": {}}
     if args.preset:
         if args.preset not in PRESETS:
-            raise SystemExit(f"error: unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
+            raise UsageError(f"--preset {args.preset}: unknown preset; known presets: {', '.join(PRESETS)}")
         preset = PRESETS[args.preset]
         sections["model"].update(model_config_to_dict(preset.model))
         sections["train"].update(dataclasses.asdict(preset.train))
@@ -206,7 +216,7 @@ def resolve_train_config(args: argparse.Namespace) -> tuple:
         if normalized == "model":
             continue
         if normalized not in flags_by_key:
-            raise SystemExit(f"error: {args.config}: unknown setting {key!r}; settings are the long flag names of "
+            raise UsageError(f"{args.config}: unknown setting {key!r}; settings are the long flag names of "
                              "`hvae train` (see `hvae train --help`)")
         flag = flags_by_key[normalized]
         sections[flag.section][flag.field] = _toml_value(args.config, key, value, flag)
@@ -223,23 +233,32 @@ def resolve_train_config(args: argparse.Namespace) -> tuple:
     stray = sorted(set(sections["model"]) - allowed)
     if stray:
         names = {flag.field: flag.name for flag in TRAIN_FLAGS if flag.section == "model"}
-        raise SystemExit(f"error: {', '.join(names.get(field, field) for field in stray)} do(es) not apply to a "
-                         f"{kind} model (--model {model_name or sections['model'].get('name') or kind})")
+        raise UsageError(f"{', '.join(names.get(field, field) for field in stray)} do(es) not apply to a "
+                         f"{kind} model (--model {model_name or sections['model'].get('name') or kind}); leave "
+                         "them out")
     if kind == "dae" and "weight_decay" not in sections["train"]:
         # Liang et al.'s notebook: lam = 0.01 / batch size, added as 2 * lam * ||W||^2 / 2.
         sections["train"]["weight_decay"] = 0.01 / sections["train"].get("batch_size", 500)
-    try:
-        model_config = config_class(**sections["model"])
-        train_config = TrainConfig(**sections["train"])
-        settings = RunSettings(**sections["settings"])
-    except (TypeError, ValueError) as error:
-        raise SystemExit(f"error: invalid configuration: {error}")
-    return settings, model_config, train_config
+    built = {}
+    for section, build in (("model", config_class), ("train", TrainConfig), ("settings", RunSettings)):
+        try:
+            built[section] = build(**sections[section])
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"invalid configuration: {_naming_flags(str(error), section)}; fix the value and run "
+                             "again") from None
+    return built["settings"], built["model"], built["train"]
+
+
+def _naming_flags(message: str, section: str) -> str:
+    """`message` with the flags that set the fields it names, where it does not name them already."""
+    flags = [flag.name for flag in TRAIN_FLAGS
+             if flag.section == section and re.search(rf"\b{flag.field}\b", message) and flag.name not in message]
+    return f"{message} ({', '.join(flags)})" if flags else message
 
 
 def _model_name(value: str, source) -> str:
     if value not in MODELS:
-        raise SystemExit(f"error: {source}: unknown model {value!r}; expected one of {', '.join(MODELS)}")
+        raise UsageError(f"{source}: unknown model {value!r}; expected one of {', '.join(MODELS)}")
     return value
 
 
@@ -269,7 +288,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(json.dumps(run_config(settings, model_config, train_config), indent=2))
         return 0
-    results = run(settings, model_config, train_config, progress=not args.no_progress)
+    results = run(settings, model_config, train_config, overwrite=args.overwrite, progress=not args.no_progress)
     print(format_results_table(results))
     print(f"results written to {pathlib.Path(settings.workdir) / 'results.json'}")
     return 0
@@ -279,6 +298,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hvae_jax.experiment import evaluate_workdir
 
     results = evaluate_workdir(args.workdir)
+    if results.get("interrupted"):
+        print(f"note: the run stopped after epoch {results['epochs']}; these are the results of its best epoch so far")
     print(format_results_table(results))
     print(f"results written to {pathlib.Path(args.workdir) / 'results.json'}")
     return 0
@@ -301,7 +322,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from hvae_jax.recommend import recommend_cli
 
     if not args.items and not args.history and not args.export:
-        raise SystemExit("hvae recommend: give --items, --history or --export")
+        raise UsageError("hvae recommend: nothing to do; give --items 1,2,3, --history FILE or --export DIR")
     print(recommend_cli(args.workdir, args.items, args.history, args.k, export=args.export,
                         skip_unknown=args.skip_unknown))
     return 0
@@ -311,31 +332,40 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from hvae_jax.plots import plot_cli
 
     if not args.workdir and not args.bench:
-        raise SystemExit("hvae plot: give --workdir DIR or --bench FILE")
+        raise UsageError("hvae plot: nothing to do; give --workdir DIR or --bench FILE")
     print(plot_cli(args.workdir, args.bench, args.out))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvae", description="Hierarchical VAEs for collaborative filtering in JAX")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    # Also accepted after the command; SUPPRESS keeps a subcommand from resetting a --debug given before it.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train and evaluate a model; writes WORKDIR/results.json")
+    train = commands.add_parser("train", parents=[debug],
+                                help="train and evaluate a model; writes WORKDIR/results.json")
     train.add_argument("--model", choices=tuple(MODELS), help="model (default multvae): " + "; ".join(
         f"{name}: {named.doc}" for name, named in MODELS.items()))
     train.add_argument("--preset", help=f"published set-up: {', '.join(PRESETS)}")
     train.add_argument("--config", help="TOML file whose keys are long flag names (e.g. epochs = 50)")
     train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--overwrite", action="store_true",
+                       help="if --workdir holds a run with other settings, delete that run's files and start clean "
+                            "(otherwise such a run is refused, naming the settings that differ)")
     for flag in TRAIN_FLAGS:
         train.add_argument(flag.name, dest=_flag_dest(flag), type=flag.parse, choices=flag.choices, help=flag.help)
     train.set_defaults(handler=cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="re-evaluate the best checkpoint of a run")
+    evaluate = commands.add_parser("evaluate", parents=[debug],
+                                   help="evaluate a run's best checkpoint again (also an interrupted run's)")
     evaluate.add_argument("--workdir", required=True)
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    data = commands.add_parser("data", help="list or fetch data sets by name")
+    data = commands.add_parser("data", parents=[debug], help="list or fetch data sets by name")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     data_commands.add_parser("list", help="registered data sets and whether they are cached")
     fetch = data_commands.add_parser("fetch", help="download, verify and unpack a data set into the cache")
@@ -344,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--sha256", help="expected SHA-256 of the archive, overriding the registry's")
     data.set_defaults(handler=cmd_data)
 
-    recommend = commands.add_parser("recommend", help="top-K unseen items for users given by raw item ids")
+    recommend = commands.add_parser("recommend", parents=[debug], help="top-K unseen items for users given by raw item ids")
     recommend.add_argument("--workdir", required=True, help="the --workdir of an `hvae train` run")
     users = recommend.add_mutually_exclusive_group()
     users.add_argument("--items", help="comma-separated raw item ids of one user, e.g. 1,2,3")
@@ -354,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--skip-unknown", action="store_true", help="skip unknown item ids with a warning")
     recommend.set_defaults(handler=cmd_recommend)
 
-    plot = commands.add_parser("plot", help="training curves of a run, or a benchmark chart, as PNG files")
+    plot = commands.add_parser("plot", parents=[debug], help="training curves of a run, or a benchmark chart, as PNG files")
     plot.add_argument("--workdir", help="run whose metrics.jsonl is plotted into WORKDIR/plots/")
     plot.add_argument("--bench", metavar="FILE", help="benchmark JSON to chart")
     plot.add_argument("--out", help="PNG path for --bench (default: FILE with .png)")
@@ -362,10 +392,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _source_error() -> type[Exception]:
+def _anticipated() -> tuple[type[BaseException], ...]:
+    """The errors `main` reports as one line: their messages say what failed, where and what to do.
+
+    ValueError covers bad settings, `rundir.RunDirError` and the readers' `DataFormatError`; OSError missing,
+    unreadable or misplaced files; FloatingPointError `train.DivergenceError`; MemoryError data too large for this
+    machine."""
     from hvae_jax.data.sources import SourceError
 
-    return SourceError
+    return ValueError, OSError, FloatingPointError, MemoryError, SourceError
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, MemoryError):
+        return f"out of memory ({error or 'no details'}): the data or the model is too large for this machine"
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        return f"{error.filename}: {error.strerror}"  # rather than "[Errno 21] Is a directory: 'x'"
+    return str(error) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,11 +417,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except KeyboardInterrupt:
-        print("interrupted: the latest checkpoint is kept; run the same command again to resume", file=sys.stderr)
+        if args.debug:
+            raise
+        print("interrupted: the latest checkpoint is kept; run the same command again to resume, or `hvae evaluate` "
+              "for the results so far", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, _source_error()) as error:
-        # DataFormatError is a ValueError: its message already names file, line and expectation.
-        print(f"error: {error}", file=sys.stderr)
+    except _anticipated() as error:
+        if args.debug:
+            raise
+        print(f"error: {_describe(error)}", file=sys.stderr)
         return 2
 
 

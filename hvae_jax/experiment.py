@@ -1,5 +1,6 @@
-"""One experiment from settings to `results.json`: load the data, split it (or reuse the saved split), train or fit
-the chosen model, evaluate it and the popularity yardstick on validation and test users, and write the results.
+"""One experiment from settings to `results.json`: check the settings, claim the run directory (`rundir.RunDir`),
+load the data, split it (or reuse the run's saved split), train or fit the chosen model, evaluate it and the
+popularity yardstick on validation and test users, and write the results.
 
 The CLI only parses flags into `RunSettings` and calls `run` / `evaluate_workdir`; scripts can do the same.
 """
@@ -7,7 +8,7 @@ The CLI only parses flags into `RunSettings` and calls `run` / `evaluate_workdir
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import pathlib
 import time
 from typing import Callable
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hvae_jax import input_paths, parallel
+from hvae_jax import parallel
 from hvae_jax.checkpoint import Checkpoints, abstract_like
 from hvae_jax.configs import EASEConfig, TrainConfig, is_neural, model_config_from_dict, model_config_to_dict
 from hvae_jax.data import sources
@@ -28,10 +29,12 @@ from hvae_jax.data.readers import read_interactions
 from hvae_jax.data.splits import Split
 from hvae_jax.data.synthetic import synthetic_interactions
 from hvae_jax.evaluate import DEFAULT_KS, active_units, evaluate, make_eval_step, posterior_means, side_rows
+from hvae_jax.hooks import LoopState
 from hvae_jax.models import baselines
 from hvae_jax.models.hvae import init_params, kl_estimators
 from hvae_jax.objectives import importance_weighted_bound
-from hvae_jax.train import fit
+from hvae_jax.rundir import RunDir, RunDirError
+from hvae_jax.train import DivergenceError, FitResult, TrainSetup, check_registered, fit
 
 EASE_LAMBDAS = EASEConfig().lambdas
 
@@ -78,6 +81,47 @@ class RunSettings:
     item_shards: int = 0
     logits_budget_mb: float = 64.0
 
+    def __post_init__(self):
+        # Every setting is checked here, before any data is read or any file written; each message names the flag.
+        if self.protocol not in ("strong", "given"):
+            raise ValueError(f"protocol (--protocol) must be 'strong' or 'given', got {self.protocol!r}")
+        if self.protocol == "given" and not (self.train_file and self.test_file):
+            raise ValueError("--protocol given needs --train and --test files (and optionally --valid)")
+        if self.protocol == "strong" and (self.train_file or self.valid_file or self.test_file):
+            raise ValueError("--train, --valid and --test are the files of --protocol given; with the strong protocol "
+                             "give the data with --data")
+        if self.heldout_users is not None and (_not_int(self.heldout_users) or self.heldout_users < 1):
+            raise ValueError(f"heldout_users (--heldout-users) must be at least 1, got {self.heldout_users!r}; leave it "
+                             "unset for the default (10% of the users, at most 10,000)")
+        if _not_int(self.split_seed) or not 0 <= self.split_seed < 2**32:
+            raise ValueError(f"split_seed (--split-seed) must be an integer in [0, 2**32), got {self.split_seed!r}")
+        if self.min_rating is not None and not math.isfinite(self.min_rating):
+            raise ValueError(f"min_rating (--min-rating) must be a finite number, got {self.min_rating!r}")
+        if not self.workdir:
+            raise ValueError("workdir (--workdir) must name a directory")
+        if not self.ks or any(_not_int(k) or k < 1 for k in self.ks):
+            raise ValueError(f"ks (--ks) must be positive cut-offs such as 10,20,50,100, got {self.ks!r}")
+        if _not_int(self.iw_samples) or self.iw_samples < 0:
+            raise ValueError(f"iw_samples (--iw-samples) must be >= 0 (0: not reported), got {self.iw_samples!r}")
+        if _not_int(self.devices) or self.devices < 0:
+            raise ValueError(f"devices (--devices) must be >= 0 (0: every device), got {self.devices!r}")
+        if _not_int(self.item_shards) or self.item_shards < -1:
+            raise ValueError(f"item_shards (--item-shards) must be >= -1 (0: off, -1: every device), got "
+                             f"{self.item_shards!r}")
+        if not (math.isfinite(self.logits_budget_mb) and self.logits_budget_mb > 0):
+            raise ValueError(f"logits_budget_mb (--logits-budget-mb) must be a positive number, got "
+                             f"{self.logits_budget_mb!r}")
+
+
+def _not_int(value) -> bool:
+    return isinstance(value, bool) or not isinstance(value, (int, np.integer))
+
+
+def evaluation_ks(settings: RunSettings) -> tuple[int, ...]:
+    """The cut-offs evaluated: the settings' `ks` and those the results table and the choice of the best epoch read
+    (NDCG@100, Recall@20 and Recall@50), whatever `--ks` lists."""
+    return tuple(sorted(set(settings.ks) | set(DEFAULT_KS)))
+
 
 def catalogue_options(settings: RunSettings) -> dict:
     """`fit`'s item-sharding arguments for these settings (empty when item_shards is 0)."""
@@ -91,12 +135,40 @@ def _read(path: str, settings: RunSettings) -> Interactions:
     return read_interactions(path, settings.format, min_rating=settings.min_rating)
 
 
-def resolve_data(settings: RunSettings) -> tuple[str, Callable[[], Interactions], dict]:
-    """(dataset label, loader, extra paths such as titles and user features) for the settings' data."""
+def data_label(settings: RunSettings) -> str:
+    """The data set's name in results.json: a registered name, the file's stem or folder's name, or "synthetic"."""
     if settings.protocol == "given":
-        return pathlib.Path(settings.train_file).parent.name or "given", None, {}
+        return pathlib.Path(settings.train_file).parent.name or "given"
+    if settings.data is None or settings.data == "synthetic" or settings.data in sources.DATASETS:
+        return settings.data or "synthetic"
+    path = pathlib.Path(settings.data)
+    return path.name if path.is_dir() else path.stem
+
+
+def check_inputs(settings: RunSettings) -> None:
+    """Raises FileNotFoundError naming the flag when a file the settings name is missing; reads and writes nothing,
+    so that a mistyped path fails before the run directory is touched."""
+    named = [("--train", settings.train_file), ("--valid", settings.valid_file), ("--test", settings.test_file),
+             ("--user-features", settings.user_features)]
+    if settings.protocol == "strong" and settings.data not in (None, "synthetic", *sources.DATASETS):
+        if not pathlib.Path(settings.data).exists():
+            raise FileNotFoundError(
+                f"--data {settings.data!r} is neither a registered data set ({', '.join(sources.DATASETS)}) nor an "
+                "existing path; `hvae data list` shows the registered ones"
+            )
+    for flag, path in named:
+        if path is not None and not pathlib.Path(path).exists():
+            raise FileNotFoundError(f"{flag} {path}: no such file")
+
+
+def resolve_data(settings: RunSettings) -> tuple[str, Callable[[], Interactions], dict]:
+    """(dataset label, loader, extra paths such as titles and user features) for the settings' data; fetches a
+    registered data set that is not cached yet."""
+    label = data_label(settings)
+    if settings.protocol == "given":
+        return label, None, {}
     if settings.data is None or settings.data == "synthetic":
-        return "synthetic", synthetic_interactions, {}
+        return label, synthetic_interactions, {}
     if settings.data in sources.DATASETS:
         try:
             paths = sources.dataset_paths(settings.data)
@@ -105,53 +177,96 @@ def resolve_data(settings: RunSettings) -> tuple[str, Callable[[], Interactions]
             paths = sources.dataset_paths(settings.data)
         min_rating = settings.min_rating if settings.min_rating is not None else paths.get("default_min_rating")
         loader = lambda: read_interactions(paths["interactions"], paths["format"], min_rating=min_rating)  # noqa: E731
-        return settings.data, loader, {"titles": paths.get("titles"), "user_features": paths.get("user_features")}
-    path = pathlib.Path(settings.data)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"--data {settings.data!r} is neither a registered data set ({', '.join(sources.DATASETS)}) nor an "
-            "existing path"
+        return label, loader, {"titles": paths.get("titles"), "user_features": paths.get("user_features")}
+    check_inputs(settings)
+    return label, lambda: _read(settings.data, settings), {}
+
+
+# Users with fewer interactions are dropped by the strong protocol (Liang et al.).
+MIN_USER_COUNT = 5
+
+
+def _heldout_users(settings: RunSettings, interactions: Interactions) -> int:
+    """The validation (and test) user count of the strong split, with an error that says what can help."""
+    label = f"--data {settings.data or 'synthetic'}"
+    counts = np.bincount(interactions.users, minlength=interactions.n_users)
+    kept = int(np.sum(counts >= MIN_USER_COUNT))
+    if kept < 3:
+        raise ValueError(
+            f"{label}: {kept} of {interactions.n_users} users have at least {MIN_USER_COUNT} interactions; the strong "
+            "protocol needs at least 3 of them (a validation, a test and a training user) whatever --heldout-users "
+            "is: use more data, or split it yourself and pass --protocol given --train FILE --test FILE"
         )
-    return path.name if path.is_dir() else path.stem, lambda: _read(str(path), settings), {}
+    largest = (kept - 1) // 2
+    if settings.heldout_users is not None:
+        if settings.heldout_users > largest:
+            raise ValueError(
+                f"{label}: --heldout-users {settings.heldout_users} asks for {2 * settings.heldout_users} held-out "
+                f"users, but only {kept} users have at least {MIN_USER_COUNT} interactions and some must train: "
+                f"pass --heldout-users {largest} or fewer"
+            )
+        return settings.heldout_users
+    default = min(10_000, max(1, interactions.n_users // 10))
+    if default > largest:
+        raise ValueError(
+            f"{label}: the default --heldout-users ({default}, 10% of {interactions.n_users} users) is too many: "
+            f"only {kept} users have at least {MIN_USER_COUNT} interactions; pass --heldout-users {largest} or fewer"
+        )
+    return default
 
 
 def prepare_split(
-    settings: RunSettings, log: Callable[[str], None] = print, *, shared_files: bool = True
+    settings: RunSettings, log: Callable[[str], None] = print, *, run_dir: RunDir | None = None
 ) -> tuple[Split, str]:
-    """The split for `settings`, reused from `workdir` when it was made with the same settings.
-
-    `shared_files=False` (the other processes of a multi-host run) makes the split without reading or writing the
-    saved copy, which the first process owns; the split is a deterministic function of the settings."""
-    key = splits_lib.fingerprint(
-        data=settings.data, format=settings.format, min_rating=settings.min_rating, protocol=settings.protocol,
-        heldout_users=settings.heldout_users, train=settings.train_file, valid=settings.valid_file,
-        test=settings.test_file, seed=settings.split_seed,
-    )
-    directory = pathlib.Path(settings.workdir)
+    """(split, data set label) for `settings`: the split saved in `run_dir` when there is one, else a new one, which
+    is saved there. Without `run_dir` (a script, or a multi-host run's other processes) nothing is read from or
+    written to a run directory; the split is a deterministic function of the settings and the data."""
     label, loader, _ = resolve_data(settings)
-    split = splits_lib.load_split(directory, key) if shared_files else None
+    split = run_dir.load_split() if run_dir is not None else None
     if split is not None:
-        log(f"reusing the split saved in {directory / 'split.npz'}")
+        log(f"reusing the split saved in {run_dir.split_path}")
         return split, label
     if settings.protocol == "given":
-        if not settings.train_file or not settings.test_file:
-            raise ValueError("--protocol given needs --train and --test files (and optionally --valid)")
         split = splits_lib.given_split(
             _read(settings.train_file, settings),
             _read(settings.test_file, settings),
             _read(settings.valid_file, settings) if settings.valid_file else None,
         )
-    elif settings.protocol == "strong":
-        interactions = loader()
-        n_heldout = settings.heldout_users or min(10_000, max(1, interactions.n_users // 10))
-        split = splits_lib.strong_generalization(interactions, n_heldout_users=n_heldout, seed=settings.split_seed)
     else:
-        raise ValueError(f"unknown protocol {settings.protocol!r}; expected 'strong' or 'given'")
+        interactions = loader()
+        n_heldout = _heldout_users(settings, interactions)
+        split = splits_lib.strong_generalization(interactions, n_heldout_users=n_heldout, seed=settings.split_seed,
+                                                 min_user_count=MIN_USER_COUNT)
     for note in split.notes:
         log(f"note: {note}")
-    if shared_files:
-        splits_lib.save_split(split, directory, key)
+    check_split(split, settings)
+    if run_dir is not None:
+        run_dir.save_split(split)
     return split, label
+
+
+def check_split(split: Split, settings: RunSettings) -> None:
+    """Raises ValueError, naming the data, when training or evaluating on `split` could not give results: no
+    training users, or no validation / test user with a held-out item (checked before any training)."""
+    source = (f"--train {settings.train_file}, --test {settings.test_file}" if settings.protocol == "given"
+              else f"--data {settings.data or 'synthetic'}")
+    if split.train.shape[0] == 0 or split.train.nnz == 0:
+        raise ValueError(f"{source}: the split has no training interactions")
+    parts = [("test", split.test, settings.test_file)]
+    if split.valid is not None:
+        parts.append(("validation", split.valid, settings.valid_file))
+    for name, eval_set, path in parts:
+        users_with_heldout = int(np.sum(np.diff(eval_set.heldout.indptr) > 0))
+        if users_with_heldout:
+            continue
+        if settings.protocol == "given":
+            raise ValueError(
+                f"{path}: no {name} user has an item to find among the {split.n_items} items of {settings.train_file} "
+                f"(users or items absent from the training file are dropped): nothing to evaluate; check that both "
+                "files use the same user and item ids"
+            )
+        raise ValueError(f"{source}: no {name} user has a held-out item (every one has fewer than 5 interactions "
+                         "among the training items): nothing to evaluate; use more data")
 
 
 def load_side_features(settings: RunSettings, split: Split) -> dict[str, np.ndarray] | None:
@@ -242,51 +357,56 @@ def run(
     model_config,
     train_config: TrainConfig,
     *,
+    overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Trains / fits the model, evaluates it and popularity, writes `workdir/results.json` and returns it."""
-    workdir = pathlib.Path(settings.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    """Trains / fits the model in the run directory `settings.workdir`, evaluates it and popularity, writes
+    results.json there and returns it.
+
+    The settings are checked before anything is read (`RunSettings`, `check_registered`, `check_inputs`), and the directory is claimed
+    for this run before anything is written (`RunDir.open_for_training`): a run with the same settings resumes (a
+    larger `epochs` continues it), another run there is refused naming each setting that differs, unless `overwrite`
+    removes that run's files first. In a multi-host run (`settings.distributed`) every process trains and checks the
+    directory; only the first writes to it (orbax coordinates the checkpoints).
+
+    Raises:
+      RunDirError: the directory holds another run, or files this hvae_jax cannot vouch for (see `rundir`).
+      DivergenceError: the loss stopped being finite; the checkpoints of the finished epochs are kept.
+      ValueError, FileNotFoundError: settings, data or split that cannot give a result (the message names them).
+    """
     primary = True
     if settings.distributed:
-        # Before anything touches a JAX backend. Every process runs the same program; only the first writes the
-        # workdir's files (orbax coordinates the checkpoints itself).
+        # Before anything touches a JAX backend.
         parallel.initialize_distributed()
         primary = jax.process_index() == 0
-    split, label = prepare_split(settings, log, shared_files=primary)
-    side = load_side_features(settings, split)
-    stats = split.statistics()
-    log(
-        f"{label}: {stats['train']['users']} training users, {stats['n_items']} items, "
-        f"{stats['train']['interactions']} training interactions"
-    )
-    if primary:
-        (workdir / "config.json").write_text(json.dumps(run_config(settings, model_config, train_config), indent=2))
-    results: dict = {
-        "model": model_config.label,
-        "dataset": label,
-        "protocol": split.protocol,
-        "n_users": int(split.train.shape[0] + (split.valid.n_users if split.valid else 0) + split.test.n_users),
-        "n_items": int(split.n_items),
-        "split": stats,
-    }
-    start = time.perf_counter()
-    if is_neural(model_config):
-        results.update(_train_neural(settings, model_config, train_config, split, side, log=log, progress=progress))
-    elif model_config.kind == "ease":
-        evaluated, l2 = ease_results(split, model_config.lambdas, log=log)
-        results.update(evaluated, ease_lambda=l2, epochs=0)
-    elif model_config.kind == "popularity":
-        results.update(popularity_results(split), epochs=0)
-    if not is_neural(model_config):
-        seconds = time.perf_counter() - start
-        results.update(train_seconds=seconds, compile_seconds=0.0,
-                       train_users_per_second=split.train.shape[0] / seconds if seconds > 0 else 0.0)
-    if model_config.kind != "popularity":
-        results["baselines"] = {"popularity": popularity_results(split)}
-    if primary:
-        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    check_registered(model_config, train_config)
+    check_inputs(settings)
+    configuration = run_config(settings, model_config, train_config)
+    with RunDir.open_for_training(settings.workdir, **configuration, overwrite=overwrite, writer=primary) as run_dir:
+        for note in run_dir.notes:
+            log(note)
+        split, label = prepare_split(settings, log, run_dir=run_dir if primary else None)
+        side = load_side_features(settings, split)
+        stats = split.statistics()
+        log(
+            f"{label}: {stats['train']['users']} training users, {stats['n_items']} items, "
+            f"{stats['train']['interactions']} training interactions"
+        )
+        results = _results_header(model_config, label, split)
+        if is_neural(model_config):
+            try:
+                fitted = _fit(settings, model_config, train_config, split, side, run_dir, log=log, progress=progress)
+            except DivergenceError as error:
+                raise DivergenceError(
+                    f"{error}. {run_dir.path} keeps the checkpoints of the epochs before: `hvae evaluate --workdir "
+                    f"{run_dir.path}` reports them; to train with other settings, pass --overwrite or a new --workdir"
+                ) from None
+            results.update(_neural_results(settings, model_config, train_config, split, side, fitted, log=log))
+        else:
+            results.update(_baseline_results(model_config, split, log))
+        if primary:
+            run_dir.write_results(results)
     return results
 
 
@@ -299,29 +419,85 @@ def run_config(settings: RunSettings, model_config, train_config: TrainConfig) -
     }
 
 
-def _train_neural(settings: RunSettings, model_config, train_config: TrainConfig, split: Split, side, *, log,
-                  progress: bool) -> dict:
-    """`fit` on the split, then the best parameters' validation and test metrics and the latent diagnostics."""
+def stored_configuration(run_dir: RunDir) -> tuple[RunSettings, object, TrainConfig]:
+    """(settings, model config, training config) of the run in `run_dir`, from its config.json.
+
+    Raises:
+      RunDirError: config.json holds settings this hvae_jax cannot read (the message names the file).
+    """
+    try:
+        settings = dict(run_dir.settings)
+        settings["ks"] = tuple(settings.get("ks", DEFAULT_KS))
+        if settings.get("heldout_users") == 0:
+            settings["heldout_users"] = None  # what an older hvae_jax made of 0
+        return (RunSettings(**settings), model_config_from_dict(run_dir.model),
+                TrainConfig(**{key: _tuples(value) for key, value in run_dir.train.items()}))
+    except (TypeError, ValueError) as error:
+        raise RunDirError(f"{run_dir.config_path} holds settings this hvae_jax cannot use ({error}): use the hvae_jax "
+                          "that trained the run") from None
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _results_header(model_config, label: str, split: Split) -> dict:
+    return {
+        "model": model_config.label,
+        "dataset": label,
+        "protocol": split.protocol,
+        "n_users": int(split.train.shape[0] + (split.valid.n_users if split.valid else 0) + split.test.n_users),
+        "n_items": int(split.n_items),
+        "split": split.statistics(),
+    }
+
+
+def _baseline_results(model_config, split: Split, log) -> dict:
+    """EASE's or popularity's metrics and fitting time, with popularity's beside EASE's."""
+    start = time.perf_counter()
+    if model_config.kind == "ease":
+        evaluated, l2 = ease_results(split, model_config.lambdas, log=log)
+        results = dict(evaluated, ease_lambda=l2, epochs=0)
+    else:
+        results = dict(popularity_results(split), epochs=0)
+    seconds = time.perf_counter() - start
+    results.update(train_seconds=seconds, compile_seconds=0.0,
+                   train_users_per_second=split.train.shape[0] / seconds if seconds > 0 else 0.0)
+    if model_config.kind != "popularity":
+        results["baselines"] = {"popularity": popularity_results(split)}
+    return results
+
+
+def _fit(settings: RunSettings, model_config, train_config: TrainConfig, split: Split, side, run_dir: RunDir, *, log,
+         progress: bool) -> FitResult:
     mesh = None
     # A multi-host run trains over every process's devices; one device would leave each process on its own.
     n_devices = 0 if settings.distributed and settings.devices == 1 else settings.devices
     if n_devices != 1:
         mesh = parallel.data_parallel_mesh(None if n_devices == 0 else n_devices)
         log(f"data-parallel over {mesh.devices.size} devices")
-    fitted = fit(model_config, train_config, split, settings.workdir, side_features=side, ks=settings.ks,
-                 progress=progress, mesh=mesh, log=log, **catalogue_options(settings))
+    return fit(model_config, train_config, split, run_dir, side_features=side, ks=evaluation_ks(settings),
+               progress=progress, mesh=mesh, log=log, **catalogue_options(settings))
+
+
+def _neural_results(settings: RunSettings, model_config, train_config: TrainConfig, split: Split, side,
+                    fitted: FitResult, *, log) -> dict:
+    """The best parameters' validation and test metrics, the run's epochs and timing, the latent diagnostics and
+    the importance-weighted bound, and popularity's metrics beside them."""
     results: dict = {"input_path": fitted.path.name}
     if fitted.catalogue is not None:
         # The model is built at the padded size; re-evaluation and recommendations rebuild it from this.
         layout = fitted.catalogue.layout
         results["catalogue_layout"] = dict(layout._asdict(), n_padded=layout.n_padded)
-    results.update(_evaluate_both(fitted.path.eval_step(settings.ks), fitted.best_params, split, side))
+    results.update(_evaluate_both(fitted.path.eval_step(evaluation_ks(settings)), fitted.best_params, split, side))
     results.update(
         epochs=fitted.epochs_run,
         # None when nothing was validated: the reported parameters are then the last epoch's.
         best_epoch=fitted.best_epoch,
         selected_on="validation" if fitted.best_epoch is not None else "last epoch (no validation users)",
         stopped_early=fitted.stopped_early,
+        # Stopped before its last epoch other than by early stopping (results of `hvae evaluate` on such a run).
+        interrupted=fitted.epochs_run < train_config.epochs and not fitted.stopped_early,
         train_seconds=fitted.train_seconds + fitted.compile_seconds,
         compile_seconds=fitted.compile_seconds,
         train_users_per_second=fitted.users_per_second,
@@ -338,55 +514,103 @@ def _train_neural(settings: RunSettings, model_config, train_config: TrainConfig
                 fitted.model, fitted.best_params, split, side, settings.iw_samples, train_config.seed,
                 snapshot=fitted.snapshot,
             )
+    results["baselines"] = {"popularity": popularity_results(split)}
     return results
+
+
+# What `hvae evaluate` keeps from the results.json of training: how long training took, which it cannot measure.
+TIMING_KEYS = ("train_seconds", "compile_seconds", "train_users_per_second")
 
 
 def evaluate_workdir(workdir: str | pathlib.Path, *, log: Callable[[str], None] = print) -> dict:
-    """Re-evaluates the best checkpoint of a finished (or interrupted) neural run and rewrites its results.json."""
-    workdir = pathlib.Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: is {workdir} the --workdir of an `hvae train` run?")
-    config = json.loads(config_path.read_text())
-    settings = RunSettings(**{**config["settings"], "ks": tuple(config["settings"]["ks"])})
-    model_config = model_config_from_dict(config["model"])
-    split = splits_lib.load_split(workdir)
-    if split is None:
-        raise FileNotFoundError(f"no saved split in {workdir}")
-    previous = json.loads((workdir / "results.json").read_text()) if (workdir / "results.json").exists() else {}
-    train_config = TrainConfig(**_tuples(config["train"]))
-    if not is_neural(model_config):
-        return run(settings, model_config, train_config, progress=False, log=log)
-    side = load_side_features(settings, split)
-    options = catalogue_options(settings)
-    path = input_paths.resolve(model_config, train_config, split.train, ks=settings.ks, **options)
-    trained = previous.get("catalogue_layout")
-    if path.name == "item_sharded" and trained is not None and trained["n_padded"] != path.catalogue.layout.n_padded:
-        layout = path.catalogue.layout
-        raise ValueError(
-            f"{workdir} was trained with its catalogue padded to {trained['n_padded']} items over "
-            f"{trained['n_shards']} devices; here it would be {layout.n_padded} over {layout.n_shards}: evaluate "
-            "with as many devices (--item-shards) as training had"
-        )
-    model = path.model
-    n_side = 0 if side is None else side["train"].shape[1]
-    abstract = abstract_like(jax.eval_shape(lambda: init_params(model, n_side, key=jax.random.key(0))))
-    checkpoints = Checkpoints(workdir)
-    restored = checkpoints.restore("best", abstract)
-    if restored is None:
-        log("no best checkpoint (no validation users?): evaluating the latest parameters")
-        latest = checkpoints.restore("latest", None)
-        if latest is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-        params = latest[0]["params"]
+    """Evaluates the run in `workdir` again from what it saved and rewrites its results.json, as complete as the
+    one training writes, whether the run finished or was interrupted.
+
+    A neural run is evaluated from its best checkpoint (else the latest training state), with its epochs, best epoch
+    and KL from the latest checkpoint's record; EASE and popularity are refitted from the saved split (both fits are
+    deterministic). The run is read, not claimed for training (`RunDir.open_for_reading`): only results.json is
+    written. The timing of training comes from the previous results.json; for an interrupted run, from the metric
+    rows in the checkpoint (compilation included, `compile_seconds` None).
+
+    Raises:
+      FileNotFoundError: no run, split or checkpoint there (the message says which).
+      RunDirError: config.json, split.json or split.npz is damaged or from an hvae_jax that cannot read it.
+    """
+    run_dir = RunDir.open_for_reading(workdir)
+    for note in run_dir.notes:
+        log(note)
+    settings, model_config, train_config = stored_configuration(run_dir)
+    split = run_dir.load_split(required=True)
+    try:
+        previous = run_dir.read_results() or {}
+    except RunDirError as error:
+        log(f"{error}; writing it again")
+        previous = {}
+    results = _results_header(model_config, data_label(settings), split)
+    if is_neural(model_config):
+        side = load_side_features(settings, split)
+        fitted = _restore_fit(run_dir, settings, model_config, train_config, split, side, previous, log=log)
+        results.update(_neural_results(settings, model_config, train_config, split, side, fitted, log=log))
+        if all(key in previous for key in TIMING_KEYS):
+            results.update({key: previous[key] for key in TIMING_KEYS})
+        else:
+            results["compile_seconds"] = None
     else:
-        params = restored[0]
-    checkpoints.close()
-    results = dict(previous)
-    results.update(_evaluate_both(path.eval_step(settings.ks), path.place(params), split, side))
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+        results.update(_baseline_results(model_config, split, log))
+    run_dir.write_results(results)
     return results
 
 
-def _tuples(fields: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+def _restore_fit(run_dir: RunDir, settings: RunSettings, model_config, train_config: TrainConfig, split: Split, side,
+                 previous: dict, *, log) -> FitResult:
+    """What `fit` returned, or would have at the run's last checkpoint, restored without training or writing.
+
+    The latest checkpoint is read as saved (its record holds the epochs run and their metric rows), so that a run
+    whose optimizer state predates this hvae_jax still evaluates; only a run without a best checkpoint (no validation
+    users) restores the whole training state, for its evaluation parameters (the running average, where used)."""
+    setup = TrainSetup.build(model_config, train_config, split.train, ks=evaluation_ks(settings),
+                             **catalogue_options(settings))
+    trained = previous.get("catalogue_layout")
+    if setup.path.name == "item_sharded" and trained is not None:
+        layout = setup.path.catalogue.layout
+        if trained["n_padded"] != layout.n_padded:
+            raise ValueError(
+                f"{run_dir.path} was trained with its catalogue padded to {trained['n_padded']} items over "
+                f"{trained['n_shards']} devices; here it would be {layout.n_padded} over {layout.n_shards}: evaluate "
+                "with as many devices (--item-shards) as training had"
+            )
+    n_side = 0 if side is None else side["train"].shape[1]
+    params_shape = jax.eval_shape(lambda: init_params(setup.model, n_side, key=jax.random.key(0)))
+    checkpoints = Checkpoints(run_dir, create=False)
+    try:
+        latest = checkpoints.restore("latest", None)
+        best = checkpoints.restore("best", abstract_like(params_shape))
+        if latest is None and best is None:
+            raise FileNotFoundError(f"no checkpoint in {run_dir.checkpoints_dir}: the run stopped before finishing "
+                                    "an epoch; run the same `hvae train` command to train it")
+        if best is None:
+            log("no best checkpoint (no validation users?): evaluating the latest parameters")
+            state = setup.init_state(n_side)
+            state = checkpoints.restore("latest", abstract_like(state))[0]
+            best_params = setup.evaluation_params(state)
+        else:
+            best_params = setup.path.place(best[0])
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunDirError(f"the checkpoints in {run_dir.checkpoints_dir} do not fit the model that "
+                          f"{run_dir.config_path} describes ({type(error).__name__}: {error})") from error
+    finally:
+        checkpoints.close()
+    loop = LoopState.from_record(latest[1]) if latest is not None else LoopState()
+    if best is not None:
+        loop.best_epoch, loop.best_validation = best[1].get("epoch"), best[1].get("validation")
+        loop.epoch = max(loop.epoch, loop.best_epoch or 0)  # saved `latest` may lag (checkpoint_every > 1)
+    snapshot = (latest[0].get("snapshot") if latest is not None and isinstance(latest[0], dict) else None)
+    seconds = sum(row.get("train_seconds", 0.0) for row in loop.history)
+    return FitResult(
+        model=setup.model, best_params=best_params, final_params=None, history=loop.history,
+        best_epoch=loop.best_epoch, best_validation=loop.best_validation, epochs_run=loop.epoch,
+        train_seconds=seconds, compile_seconds=0.0,
+        users_per_second=setup.n_train * len(loop.history) / seconds if seconds > 0 else 0.0,
+        resumed_from=loop.epoch, path=setup.path, stopped_early=loop.stopped_early,
+        snapshot=None if snapshot is None else setup.path.place(snapshot),
+    )

@@ -9,7 +9,6 @@ EASE and popularity runs keep no checkpoint; they are refitted from the saved sp
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -24,10 +23,10 @@ from hvae_jax.checkpoint import Checkpoints, abstract_like
 from hvae_jax.configs import NEURAL_KINDS, model_config_from_dict
 from hvae_jax.evaluate import model_scorer
 from hvae_jax.input_paths import pad_columns
-from hvae_jax.data import splits as splits_lib
 from hvae_jax.data.batches import host_dense_rows
 from hvae_jax.models import baselines
 from hvae_jax.models.hvae import build_model, init_params
+from hvae_jax.rundir import RunDir
 
 DEFAULT_BATCH_SIZE = 256
 _TITLE_FILES = ("movies.csv", "movies.dat", "u.item")
@@ -119,13 +118,13 @@ def find_titles(settings: Mapping[str, Any]) -> dict[str, str] | None:
         return None
 
 
-def _restore_params(workdir: pathlib.Path, model: nn.Module, n_side: int):
+def _restore_params(run_dir: RunDir, model: nn.Module, n_side: int):
     """The best checkpoint's parameters, else the latest training state's, checked against the model's shapes."""
-    checkpoint_dir = workdir / "checkpoints"
+    checkpoint_dir = run_dir.checkpoints_dir
     if not checkpoint_dir.is_dir():
         raise FileNotFoundError(f"no checkpoints in {checkpoint_dir}: the run has not finished an epoch yet")
     abstract = abstract_like(jax.eval_shape(lambda: init_params(model, n_side, key=jax.random.key(0))))
-    checkpoints = Checkpoints(workdir)
+    checkpoints = Checkpoints(run_dir, create=False)
     try:
         restored = checkpoints.restore("best", abstract)
         if restored is not None:
@@ -144,23 +143,20 @@ def _restore_params(workdir: pathlib.Path, model: nn.Module, n_side: int):
     return jax.tree.map(jnp.asarray, params)
 
 
-def _padded_catalogue_size(workdir: pathlib.Path) -> int:
+def _padded_catalogue_size(run_dir: RunDir) -> int:
     """The catalogue size an item-sharded run's model was built at, as its results.json records it."""
-    results_path = workdir / "results.json"
-    layout = json.loads(results_path.read_text()).get("catalogue_layout") if results_path.exists() else None
+    layout = (run_dir.read_results() or {}).get("catalogue_layout")
     if layout is None:
-        raise FileNotFoundError(f"{results_path} does not record the run's catalogue layout: the item-sharded run "
-                                "did not finish, so the padded size of its model is unknown")
+        raise FileNotFoundError(f"{run_dir.results_path} does not record the run's catalogue layout, so the padded "
+                                f"size of its model is unknown: run `hvae evaluate --workdir {run_dir.path}` first")
     return int(layout["n_padded"])
 
 
-def _ease_lambda(workdir: pathlib.Path) -> float:
-    results_path = workdir / "results.json"
-    if not results_path.exists():
-        raise FileNotFoundError(f"{results_path} not found: the EASE run did not finish, so its L2 weight is unknown")
-    l2 = json.loads(results_path.read_text()).get("ease_lambda")
+def _ease_lambda(run_dir: RunDir) -> float:
+    l2 = (run_dir.read_results() or {}).get("ease_lambda")
     if l2 is None:
-        raise ValueError(f"{results_path} records no ease_lambda")
+        raise FileNotFoundError(f"{run_dir.results_path} does not record the EASE run's L2 weight (ease_lambda): run "
+                                f"`hvae evaluate --workdir {run_dir.path}` first")
     return float(l2)
 
 
@@ -198,32 +194,28 @@ class Recommender:
     @classmethod
     def load(cls, workdir: str | pathlib.Path, *, batch_size: int = DEFAULT_BATCH_SIZE) -> Recommender:
         """Loads the run in `workdir`: config.json, the saved split's item ids, the parameters and the titles.
+        Reads the run (`RunDir.open_for_reading`) and writes nothing.
 
         Raises:
           FileNotFoundError: no config.json, split, checkpoint, EASE results.json or user-features file the run was
             trained with (the message says which).
+          RunDirError: config.json, split.json or split.npz is damaged (the message names it).
           ValueError: the latest checkpoint does not match config.json's model.
         """
-        workdir = pathlib.Path(workdir)
-        config_path = workdir / "config.json"
-        if not config_path.exists():
-            raise FileNotFoundError(f"{config_path} not found: is {workdir} the --workdir of an `hvae train` run?")
-        config = json.loads(config_path.read_text())
-        model_config = model_config_from_dict(config["model"])
-        settings = dict(config["settings"])
-        split_path = workdir / "split.npz"
-        if not split_path.exists():
-            raise FileNotFoundError(f"{split_path} not found: the run's item ids are unknown")
-        with np.load(split_path, allow_pickle=False) as arrays:
-            item_ids = np.asarray(arrays["item_ids"]).astype(str)
-            train_user_ids = np.asarray(arrays["train_user_ids"]).astype(str)
+        run_dir = RunDir.open_for_reading(workdir)
+        try:
+            model_config = model_config_from_dict(run_dir.model)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{run_dir.config_path}: its model cannot be read by this hvae_jax ({error})") from None
+        settings = dict(run_dir.settings)
+        item_ids, train_user_ids = run_dir.split_ids()
         titles = find_titles(settings)
         n_side = 0
         means = None
         if model_config.kind in NEURAL_KINDS:
             model_items = len(item_ids)
             if settings.get("item_shards"):
-                model_items = _padded_catalogue_size(workdir)
+                model_items = _padded_catalogue_size(run_dir)
             if settings.get("user_features"):
                 from hvae_jax.data.features import read_user_features
 
@@ -235,20 +227,20 @@ class Recommender:
                         f"rebuild the model: {error}"
                     ) from None
             model = build_model(model_config, model_items)
-            state = _restore_params(workdir, model, n_side)
+            state = _restore_params(run_dir, model, n_side)
             score_fn = _neural_scores(model)
             if model_config.kind == "vae":
                 means = _make_posterior_means(model)
         else:
             model = None
-            split = splits_lib.load_split(workdir)
+            split = run_dir.load_split(required=True)
             if model_config.kind == "ease":
-                state = jnp.asarray(baselines.fit_ease(split.train, _ease_lambda(workdir)))
+                state = jnp.asarray(baselines.fit_ease(split.train, _ease_lambda(run_dir)))
             else:
                 state = jnp.asarray(baselines.fit_popularity(split.train))
             score_fn = _baseline_scores(model_config.kind)
         return cls(
-            workdir=workdir,
+            workdir=run_dir.path,
             model_config=model_config,
             settings=settings,
             item_ids=item_ids,
@@ -443,7 +435,7 @@ class Recommender:
           The paths written.
         """
         self._require_neural("exports")
-        directory = pathlib.Path(directory)
+        directory = _export_folder(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = []
 
@@ -456,9 +448,7 @@ class Recommender:
         save("item_ids.npy", self.item_ids.astype(str))
         if self.model_config.kind != "vae":
             return written
-        split = splits_lib.load_split(self.workdir)
-        if split is None:
-            raise FileNotFoundError(f"no saved split in {self.workdir}")
+        split = RunDir.open_for_reading(self.workdir).load_split(required=True)
         user_ids = np.asarray(split.train_user_ids).astype(str)
         side = None
         if self.n_side_features:
@@ -482,8 +472,7 @@ class Recommender:
             raise ValueError("this model was trained without user features")
         user_ids = np.asarray(user_ids).astype(str)
         if reference_users is None:
-            with np.load(self.workdir / "split.npz", allow_pickle=False) as arrays:
-                reference_users = np.asarray(arrays["train_user_ids"]).astype(str)
+            _, reference_users = RunDir.open_for_reading(self.workdir).split_ids()
         extra = np.setdiff1d(user_ids, reference_users)
         together = np.concatenate([reference_users, extra])
         values = read_user_features(path, together).values
@@ -495,12 +484,29 @@ class Recommender:
 # Command line
 
 
+def _export_folder(directory: str | pathlib.Path) -> pathlib.Path:
+    """`directory` as a Path, refused (before anything is computed) when it names something that is not a folder."""
+    directory = pathlib.Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"--export {directory} is an existing file, not a folder: give a folder (new or "
+                              "existing) for the .npy files")
+    return directory
+
+
 def _parse_history_file(path: pathlib.Path) -> tuple[list[str], list[list[str]]]:
     """(user ids, item-id lists) of a `user item item ...` file; blank and '#' lines are skipped."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise FileNotFoundError(f"--history {path}: no such file")
+    if not path.is_file():
+        raise IsADirectoryError(f"--history {path} is a folder: give a file with one line per user, "
+                                "'user item item ...'")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--history {path} is not UTF-8 text ({error.reason} at byte {error.start}): expected one "
+                         "line per user, 'user item item ...'") from None
     users, histories = [], []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         tokens = line.split()
         if not tokens or tokens[0].startswith("#"):
             continue
@@ -543,20 +549,28 @@ def recommend_cli(
         raise ValueError("nothing to do: pass --items 1,2,3, --history FILE or --export DIR")
     if items is not None and history_file is not None:
         raise ValueError("pass either --items or --history, not both")
-    recommender = Recommender.load(workdir)
-    on_unknown = "skip" if skip_unknown else "raise"
-    lines: list[str] = []
+    # Every argument is checked before the run is loaded.
+    if k < 1:
+        raise ValueError(f"-k {k}: ask for at least 1 item per user")
+    history = None
     if items is not None:
         history = [item.strip() for item in items.split(",") if item.strip()]
         if not history:
             raise ValueError(f"--items {items!r} names no items; expected comma-separated ids, e.g. 1,2,3")
+    parsed = _parse_history_file(pathlib.Path(history_file)) if history_file is not None else None
+    if export is not None:
+        _export_folder(export)
+    recommender = Recommender.load(workdir)
+    on_unknown = "skip" if skip_unknown else "raise"
+    lines: list[str] = []
+    if history is not None:
         if recommender.n_side_features:
             raise ValueError("this model was trained with --user-features: an anonymous --items user has none; use "
                              "--history FILE with user ids that the features file knows")
         (ranked,) = recommender.recommend([history], k, on_unknown=on_unknown)
         lines += [_format_line(rank, r) for rank, r in enumerate(ranked, 1)]
-    if history_file is not None:
-        users, histories = _parse_history_file(pathlib.Path(history_file))
+    if parsed is not None:
+        users, histories = parsed
         side = recommender.side_features_for(users) if recommender.n_side_features else None
         for user, ranked in zip(users, recommender.recommend(histories, k, side_features=side, on_unknown=on_unknown)):
             lines += [f"{user}: {_format_line(rank, r)}" for rank, r in enumerate(ranked, 1)]

@@ -43,11 +43,11 @@ def test_mult_dae_gets_liangs_weight_decay(capsys):
     assert resolved["train"]["weight_decay"] == pytest.approx(0.01 / 100)
 
 
-def test_unknown_config_key_is_named(tmp_path):
+def test_unknown_config_key_is_named(tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text("epochz = 3\n")
-    with pytest.raises(SystemExit, match="epochz"):
-        main(["train", "--config", str(config), "--print-config"])
+    assert main(["train", "--config", str(config), "--print-config"]) == 2
+    assert "unknown setting 'epochz'" in capsys.readouterr().err
 
 
 def test_malformed_data_file_gives_file_and_line_not_a_traceback(tmp_path, capsys):
@@ -139,3 +139,169 @@ def test_item_sharded_train_evaluate_and_recommend_round_trip(tmp_path, capsys):
     assert trained["catalogue_layout"]["n_padded"] == 1001
     assert 0.0 < trained["test"]["ndcg@100"] < 1.0
     _evaluate_again_then_recommend(workdir, trained, capsys)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# One run per directory (issue 11): a finished run is refused to other settings and stays usable; --overwrite starts
+# clean; an interrupted run evaluates to a complete results.json; a damaged split is named.
+
+TINY = ["--epochs", "2", "--latents", "8", "--hidden", "16", "--batch-size", "100", "--no-progress"]
+
+
+def snapshot(directory) -> dict:
+    """Every file under `directory` (but the lock) with its bytes and modification time."""
+    return {str(path.relative_to(directory)): (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in sorted(directory.rglob("*")) if path.is_file() and path.name != ".hvae_jax.lock"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """300 synthetic users over 80 items as a CSV of raw ids u*/i*: trains in seconds."""
+    from hvae_jax.data.synthetic import synthetic_interactions
+
+    interactions = synthetic_interactions(n_users=300, n_items=80, seed=3)
+    path = tmp_path_factory.mktemp("data") / "ratings.csv"
+    path.write_text("user,item\n" + "".join(f"{interactions.user_ids[u]},{interactions.item_ids[i]}\n"
+                                            for u, i in zip(interactions.users, interactions.items)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_data):
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    with jax.numpy_dtype_promotion("standard"):
+        assert main(["train", "--data", str(tiny_data), *TINY, "--workdir", str(workdir)]) == 0
+    return workdir
+
+
+def copy_of(run, tmp_path):
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns(".hvae_jax.lock"))
+    return target
+
+
+def assert_evaluate_and_recommend_work(workdir, capsys) -> None:
+    trained = json.loads((workdir / "results.json").read_text())
+    capsys.readouterr()
+    _evaluate_again_then_recommend(workdir, trained, capsys)
+
+
+@pytest.mark.parametrize("flags, difference", [
+    (["--lr", "0.002"], "train.learning_rate: 0.001 -> 0.002"),
+    (["--seed", "5"], "train.seed: 98765 -> 5"),
+    (["--split-seed", "1"], "settings.split_seed: 98765 -> 1"),
+    (["--hidden", "32"], "model.hidden: 16 -> 32"),
+])
+def test_other_settings_on_a_finished_run_are_refused_and_change_nothing(finished_run, tiny_data, tmp_path, capsys,
+                                                                        flags, difference):
+    workdir = copy_of(finished_run, tmp_path)
+    before = snapshot(workdir)
+    capsys.readouterr()
+    code = main(["train", "--data", str(tiny_data), *TINY, *flags, "--workdir", str(workdir)])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith(f"error: {workdir} holds a run whose settings differ") and "Traceback" not in error
+    assert f"  {difference}\n" in error and "--overwrite" in error and "new --workdir" in error
+    assert snapshot(workdir) == before
+    assert_evaluate_and_recommend_work(workdir, capsys)
+
+
+def test_overwrite_trains_clean_and_keeps_other_files(finished_run, tiny_data, tmp_path, capsys):
+    workdir = copy_of(finished_run, tmp_path)
+    (workdir / "notes.md").write_text("mine")
+    capsys.readouterr()
+    assert main(["train", "--data", str(tiny_data), *TINY, "--lr", "0.002", "--overwrite",
+                 "--workdir", str(workdir)]) == 0
+    assert "resuming" not in capsys.readouterr().out
+    assert json.loads((workdir / "config.json").read_text())["train"]["learning_rate"] == 0.002
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]  # trained from scratch, not resumed
+    assert json.loads((workdir / "results.json").read_text())["epochs"] == 2
+    assert (workdir / "notes.md").read_text() == "mine"
+
+
+def test_evaluate_completes_the_results_of_an_interrupted_run(finished_run, tiny_data, tmp_path, monkeypatch, capsys):
+    from hvae_jax import hooks
+
+    save = hooks.Checkpointing.after_epoch
+
+    def interrupt_after_epoch_1(self, loop):
+        save(self, loop)
+        if loop.epoch == 1:
+            raise KeyboardInterrupt
+
+    workdir = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        patch.setattr(hooks.Checkpointing, "after_epoch", interrupt_after_epoch_1)
+        assert main(["train", "--data", str(tiny_data), *TINY, "--workdir", str(workdir)]) == 130
+    assert not (workdir / "results.json").exists()
+    capsys.readouterr()
+    assert main(["evaluate", "--workdir", str(workdir)]) == 0
+    assert "stopped after epoch 1" in capsys.readouterr().out
+    results = json.loads((workdir / "results.json").read_text())
+    finished = json.loads((finished_run / "results.json").read_text())
+    assert set(results) == set(finished)
+    assert results["epochs"] == 1 and results["best_epoch"] == 1 and results["interrupted"] is True
+    assert finished["interrupted"] is False
+    assert len(results["kl_per_level"]) == 1 and 0.0 < results["test"]["ndcg@100"] < 1.0
+    assert results["baselines"]["popularity"] == finished["baselines"]["popularity"]
+    # The same command resumes the run and finishes it.
+    assert main(["train", "--data", str(tiny_data), *TINY, "--workdir", str(workdir)]) == 0
+    resumed = json.loads((workdir / "results.json").read_text())
+    assert resumed["epochs"] == 2 and resumed["interrupted"] is False
+
+
+@pytest.mark.parametrize("command", ["evaluate", "recommend", "train"])
+def test_an_empty_split_json_is_named(finished_run, tiny_data, tmp_path, capsys, command):
+    workdir = copy_of(finished_run, tmp_path)
+    (workdir / "split.json").write_text("")
+    arguments = {"evaluate": [], "recommend": ["--items", "i1"], "train": ["--data", str(tiny_data), *TINY]}[command]
+    capsys.readouterr()
+    assert main([command, "--workdir", str(workdir), *arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {workdir / 'split.json'} is empty: expected the statistics of the split")
+    assert "Delete split.npz and split.json" in error and "Traceback" not in error
+
+
+def test_baseline_runs_evaluate_without_training_again(tiny_data, tmp_path, capsys):
+    workdir = tmp_path / "ease"
+    assert main(["train", "--data", str(tiny_data), "--model", "ease", "--ease-lambdas", "10,100",
+                 "--workdir", str(workdir), "--no-progress"]) == 0
+    trained = json.loads((workdir / "results.json").read_text())
+    config = (workdir / "config.json").read_bytes()
+    (workdir / "results.json").unlink()
+    assert main(["evaluate", "--workdir", str(workdir)]) == 0
+    evaluated = json.loads((workdir / "results.json").read_text())
+    assert set(evaluated) == set(trained) and evaluated["ease_lambda"] == trained["ease_lambda"]
+    assert evaluated["test"] == trained["test"]
+    assert (workdir / "config.json").read_bytes() == config
+    assert sorted(path.name for path in workdir.iterdir()) == [".hvae_jax.lock", "config.json", "results.json",
+                                                               "split.json", "split.npz"]
+
+
+def test_a_run_without_validation_users_evaluates_its_last_epoch_again(tmp_path, capsys):
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("user,item\n" + "".join(f"u{u},i{(u * 7 + k) % 40}\n" for u in range(120) for k in range(8)))
+    test.write_text("user,item\n" + "".join(f"u{u},i{(u * 7 + 8 + k) % 40}\n" for u in range(30) for k in range(2)))
+    workdir = tmp_path / "run"
+    assert main(["train", "--protocol", "given", "--train", str(train), "--test", str(test), *TINY,
+                 "--workdir", str(workdir)]) == 0
+    trained = json.loads((workdir / "results.json").read_text())
+    assert trained["best_epoch"] is None and "valid" not in trained
+    assert not (workdir / "checkpoints" / "best").exists() or not any((workdir / "checkpoints" / "best").iterdir())
+    (workdir / "results.json").unlink()
+    assert main(["evaluate", "--workdir", str(workdir)]) == 0
+    evaluated = json.loads((workdir / "results.json").read_text())
+    assert evaluated["test"]["ndcg@100"] == pytest.approx(trained["test"]["ndcg@100"], abs=1e-6)
+    assert evaluated["epochs"] == 2 and evaluated["interrupted"] is False
+
+
+def test_plot_writes_into_the_run_directory(finished_run, tmp_path, capsys):
+    workdir = copy_of(finished_run, tmp_path)
+    capsys.readouterr()
+    assert main(["plot", "--workdir", str(workdir)]) == 0
+    assert f"wrote {workdir / 'plots' / 'training.png'}" in capsys.readouterr().out
+    assert main(["plot", "--workdir", str(tmp_path / "none")]) == 2
+    assert "metrics.jsonl not found" in capsys.readouterr().err

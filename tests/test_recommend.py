@@ -316,3 +316,22 @@ def test_side_feature_model_requires_side_features(tmp_path, data_dir, workdir):
     assert recommend_cli(workdir, None, str(history), 3).startswith(f"{users[0]}: 1. ")
     with pytest.raises(ValueError, match="anonymous"):
         recommend_cli(workdir, "i1", None, 3)
+
+
+def test_loading_and_recommending_write_nothing_in_the_run(workdir):
+    def entries():
+        return {str(path.relative_to(workdir)): (path.stat().st_mtime_ns, path.stat().st_size)
+                for path in [workdir, *workdir.rglob("*")]}
+
+    before = entries()
+    recommender = Recommender.load(workdir)
+    recommender.recommend([["i1"]], k=3)
+    assert entries() == before
+
+
+def test_export_onto_a_file_is_refused_before_anything_is_written(recommender, tmp_path):
+    target = tmp_path / "embeddings.npy"
+    target.write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="is an existing file, not a folder"):
+        recommender.export(target)
+    assert target.read_bytes() == b"keep"

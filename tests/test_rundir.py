@@ -699,7 +699,7 @@ def test_the_fingerprint_leaves_out_exactly_the_listed_settings_and_resolves_the
 def test_the_real_configurations_fingerprint_and_resume(tmp_path, kind):
     from hvae_jax import configs
     from hvae_jax.configs import TrainConfig
-    from hvae_jax.experiment import RunSettings, run_config
+    from hvae_jax.experiment import RunSettings, run_config, stored_configuration
 
     settings, model, train = RunSettings(workdir=str(tmp_path)), getattr(configs, kind)(), TrainConfig()
     arguments = run_config(settings, model, train)
@@ -708,6 +708,7 @@ def test_the_real_configurations_fingerprint_and_resume(tmp_path, kind):
         run.write_results({"model": model.label})
     with RunDir.open_for_training(tmp_path, **arguments) as run:
         assert run.resumed
+    assert stored_configuration(RunDir.open_for_reading(tmp_path)) == (settings, model, train)
     other = run_config(settings, model, dataclasses.replace(train, seed=1))
     with pytest.raises(RunDirError, match=r"train\.seed: 98765 -> 1"):
         RunDir.open_for_training(tmp_path, **other)

@@ -218,3 +218,17 @@ def test_parameter_average_is_the_running_mean_validated_and_resumed_exactly(spl
     resumed = fit(MODEL, averaged, split, tmp_path / "cut", progress=False, log=lambda m: None)
     assert without_timings(resumed.history) == without_timings(uninterrupted.history)
     assert_trees_equal(resumed.best_params, uninterrupted.best_params)
+
+
+def test_fit_in_a_run_dir_writes_where_it_says_and_equals_fit_in_a_path(split, baseline, tmp_path):
+    from hvae_jax.experiment import RunSettings, run_config
+    from hvae_jax.rundir import RunDir
+
+    configuration = run_config(RunSettings(workdir=str(tmp_path)), MODEL, TRAIN)
+    with RunDir.open_for_training(tmp_path / "run", **configuration) as run:
+        result = fit(MODEL, TRAIN, split, run, progress=False, log=lambda _: None)
+    assert without_timings(result.history) == without_timings(baseline[0].history)
+    assert_trees_equal(result.final_params, baseline[0].final_params)
+    assert [int(p.name) for p in (run.checkpoints_dir / "latest").iterdir() if p.name.isdigit()] == [TRAIN.epochs]
+    assert len(run.metrics_path.read_text().splitlines()) == TRAIN.epochs
+    assert list(run.tensorboard_dir.glob("events.out.tfevents.*"))
