@@ -11,14 +11,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import pathlib
 
 from benchmarks.accuracy import DATASETS
-from hvae_jax.configs import ModelConfig, TrainConfig
-from hvae_jax.experiment import RunSettings, load_split, run
+from hvae_jax.configs import MODELS, TrainConfig
+from hvae_jax.experiment import RunSettings, prepare_split, run
 from hvae_jax.train import fit_ensemble
+
+MULTVAE = MODELS["multvae"].config
 
 
 def main() -> None:
@@ -34,8 +37,8 @@ def main() -> None:
     precision = {}
     for dtype in ("float32", "bfloat16"):
         settings = RunSettings(**DATASETS["ml-1m"], workdir=f"{args.workroot}/ml-1m-{dtype}")
-        results = run(settings, ModelConfig(compute_dtype=dtype), TrainConfig(epochs=args.epochs), progress=False,
-                      log=lambda message: None)
+        results = run(settings, dataclasses.replace(MULTVAE, compute_dtype=dtype), TrainConfig(epochs=args.epochs),
+                      progress=False, log=lambda message: None)
         precision[dtype] = {
             "test_ndcg@100": results["test"]["ndcg@100"],
             "test_ndcg@100_se": results["test"]["ndcg@100_se"],
@@ -45,10 +48,11 @@ def main() -> None:
         print(dtype, precision[dtype], flush=True)
     report["mixed_precision"] = precision
 
-    split, _ = load_split(RunSettings(**DATASETS["ml-1m"], workdir=f"{args.workroot}/ml-1m-float32"), log=lambda m: None)
+    split, _ = prepare_split(RunSettings(**DATASETS["ml-1m"], workdir=f"{args.workroot}/ml-1m-float32"),
+                             log=lambda m: None)
     train = TrainConfig(epochs=args.ensemble_epochs)
-    single = fit_ensemble(ModelConfig(), train, split, (0,), progress=False)
-    ensemble = fit_ensemble(ModelConfig(), train, split, tuple(range(args.members)), progress=False)
+    single = fit_ensemble(MULTVAE, train, split, (0,), progress=False)
+    ensemble = fit_ensemble(MULTVAE, train, split, tuple(range(args.members)), progress=False)
     report["ensemble"] = {
         "members": args.members,
         "epochs": args.ensemble_epochs,

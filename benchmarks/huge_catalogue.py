@@ -30,27 +30,25 @@ def _force_devices_before_jax(argv: list[str]) -> None:
 
 _force_devices_before_jax(sys.argv[1:])
 
-import datetime  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import pathlib  # noqa: E402
-import time  # noqa: E402
+import datetime
+import json
+import math
+import pathlib
+import time
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
 
-from benchmarks.runners import peak_resident_bytes, reset_peak_rss  # noqa: E402
-from hvae_jax import large_catalogue  # noqa: E402
-from hvae_jax.configs import ModelConfig, TrainConfig  # noqa: E402
-from hvae_jax.data.batches import epoch_order, max_batch_nnz, to_device  # noqa: E402
-from hvae_jax.data.splits import EvalSet  # noqa: E402
-from hvae_jax.evaluate import evaluate  # noqa: E402
-from hvae_jax.models.hvae import build_model  # noqa: E402
-from hvae_jax.models.item_sharded import item_mesh  # noqa: E402
-from hvae_jax.train import create_state, make_update_chunk, run_keys  # noqa: E402
+from benchmarks.runners import peak_resident_bytes, reset_peak_rss
+from hvae_jax import input_paths
+from hvae_jax.configs import TrainConfig, VAEConfig
+from hvae_jax.data.batches import epoch_order, to_device
+from hvae_jax.data.splits import EvalSet
+from hvae_jax.evaluate import evaluate
+from hvae_jax.parallel import item_mesh
+from hvae_jax.train import TrainSetup
 
 MIB = 2**20
 
@@ -118,17 +116,19 @@ def main() -> None:
     train_matrix, eval_set = matrix[: args.train_users], held_out(matrix[args.train_users :], args.seed + 1)
     print(f"{args.items} items, {train_matrix.nnz} training interactions, {len(jax.devices())} devices", flush=True)
 
-    config = ModelConfig(latents=(args.latent,), hidden=args.hidden)
+    config = VAEConfig(name="multvae", latents=(args.latent,), hidden=args.hidden)
     budget = int(args.logits_budget_mb * MIB)
-    catalogue = large_catalogue.plan(args.items, args.batch_size, budget, mesh)
-    layout = catalogue.layout
-    model = build_model(config, layout.n_padded)
-    optimizer = optax.adam(1e-3)
-    keys = run_keys(args.seed)
-    state = large_catalogue.shard_params(config, create_state(model, optimizer, 0, key=keys.init), catalogue)
-    train = TrainConfig(batch_size=args.batch_size, input_path="sparse")
-    update_chunk = make_update_chunk(model, train, optimizer, max_nnz=max_batch_nnz(train_matrix, args.batch_size),
-                                     anneal_steps=1000, catalogue=catalogue)
+    train = TrainConfig(batch_size=args.batch_size, learning_rate=1e-3, total_anneal_steps=1000, seed=args.seed)
+    # The one training set-up `fit` uses: the item-sharded input path plans the catalogue's layout over the mesh.
+    start = time.perf_counter()
+    setup = TrainSetup.build(config, train, train_matrix, catalogue_mesh=mesh, logits_budget_bytes=budget)
+    layout = setup.path.catalogue.layout
+    print(input_paths.describe(setup.path), flush=True)
+    state = setup.init_state()
+    jax.block_until_ready(state)
+    init_seconds = time.perf_counter() - start
+    keys = setup.keys
+    update_chunk = setup.update_chunk(setup.schedule.phases[0])
     device_matrix = to_device(train_matrix)
     order = epoch_order(keys.shuffle, args.train_users, args.batch_size)
     n_steps = order.shape[0]
@@ -151,7 +151,7 @@ def main() -> None:
     loss = float(metrics["loss"][-1])
     print(f"update: median {np.median(update_seconds):.2f} s, loss {loss:.1f}", flush=True)
 
-    eval_step = large_catalogue.make_eval_step(model, catalogue)
+    eval_step = setup.path.eval_step(ks=(20, 100))
     eval_batch = min(args.batch_size, eval_set.n_users)
     start = time.perf_counter()
     evaluate(eval_step, state.params, eval_set, batch_size=eval_batch)
@@ -183,6 +183,7 @@ def main() -> None:
         "update_compiled_temp_bytes_per_device": int(update_memory.temp_size_in_bytes),
         "parameter_bytes": tree_bytes(state.params),
         "optimizer_state_bytes": tree_bytes(state.opt_state),
+        "setup_and_init_seconds": init_seconds,
         "update_compile_seconds": compile_seconds,
         "first_update_seconds": first_call,
         "update_seconds": update_seconds,

@@ -4,6 +4,12 @@ configuration's alone.
 
 Every runner warms up first (compilation is timed separately), then times `repeats` repetitions of a fixed amount of
 work (`updates` training updates, or `updates` evaluation batches) and reports the median.
+
+The JAX side trains exactly as `hvae_jax.train.fit` does, through the library's one training set-up
+(`hvae_jax.train.TrainSetup`: input path, model, grouped optimizer, schedule, keys and the jitted, donated chunk of
+updates); the models are the named ones of `hvae_jax.configs.MODELS`, with the training settings that belong to
+each method (Kim & Suh's optimizer, RecVAE's per-user KL weight and alternating phases) at the benchmark's batch
+size.
 """
 
 from __future__ import annotations
@@ -12,12 +18,13 @@ import dataclasses
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
 
 FRAMEWORKS = ("jax", "torch", "torch-optimized")
+NEURAL_MODELS = ("multvae", "multdae", "hvae", "hvamp", "recvae")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +33,8 @@ class RunSpec:
 
     Attributes:
       framework: "jax", "torch" or "torch-optimized".
-      model: "multvae", "multdae" or "hvae" (2-level bottom-up VampPrior, gated: Kim & Suh's H+Vamp).
-      shape: data shape name ("ml-20m", "ml-1m").
+      model: a neural model of `hvae_jax.configs.MODELS` ("multvae", "multdae", "hvae", "hvamp", "recvae").
+      shape: data shape name ("ml-20m", "ml-1m", ...).
       batch_size: users per update / per evaluation batch.
       phase: "train" or "eval".
       precision: "float32" or "tf32" (GPU matmuls).
@@ -36,6 +43,10 @@ class RunSpec:
       train_path: .npz of the training CSR matrix.
       eval_path: .npz of the evaluation fold-in and held-out CSR matrices.
       torch_compile: try torch.compile in the torch-optimized runner.
+      schedule_phase: which phase of the model's training schedule the updates run ("joint"; RecVAE: "encoder" or
+        "decoder"); None: the schedule's first.
+      prior_probe: also time the prior's per-batch pass (the VampPrior's K pseudo-inputs through the encoder,
+        forward and backward) alone, as a fraction of the update.
     """
 
     framework: str
@@ -49,6 +60,8 @@ class RunSpec:
     train_path: str
     eval_path: str
     torch_compile: bool = True
+    schedule_phase: str | None = None
+    prior_probe: bool = False
 
 
 @dataclasses.dataclass
@@ -61,27 +74,62 @@ class Measurement:
     users_per_repeat: int
     peak_memory_bytes: int | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
 def model_config(name: str):
-    """The benchmarked architectures, at their published sizes."""
-    from hvae_jax.configs import ModelConfig
+    """The benchmarked architecture: the named model of `hvae_jax.configs.MODELS`, at its published size."""
+    from hvae_jax.configs import MODELS, is_neural
 
-    if name == "multvae":
-        return ModelConfig(kind="vae", latents=(200,), hidden=600)
-    if name == "multdae":
-        return ModelConfig(kind="dae", dae_latent=200)
-    if name == "hvae":
-        return ModelConfig(kind="vae", latents=(200, 200), hidden=600, prior="vamp", n_pseudo_inputs=1000, gated=True,
-                           logvar_clip=(-12.0, 4.0))
-    raise ValueError(f"unknown model {name!r}; expected multvae, multdae or hvae")
+    if name not in MODELS or not is_neural(MODELS[name].config):
+        raise ValueError(f"unknown neural model {name!r}; expected one of {', '.join(NEURAL_MODELS)}")
+    return MODELS[name].config
 
 
 def train_config(name: str, batch_size: int):
-    from hvae_jax.configs import TrainConfig
+    """The model's own training settings (its optimizer, KL weighting and schedule) at `batch_size`.
 
-    weight_decay = 0.01 / 500 if name == "multdae" else 0.0
-    return TrainConfig(batch_size=batch_size, learning_rate=1e-3, weight_decay=weight_decay, total_anneal_steps=200_000)
+    Liang et al.'s annealing over 200,000 updates stands in for a run's length where the method anneals by update;
+    Kim & Suh's warm-up (by epoch) and RecVAE's per-user weight keep theirs.
+    """
+    from hvae_jax.configs import MODELS, TrainConfig
+
+    settings = dict(MODELS[name].train)
+    settings.update(batch_size=batch_size)
+    settings.setdefault("learning_rate", 1e-3)
+    if name == "multdae":
+        settings.setdefault("weight_decay", 0.01 / 500)  # Liang et al.'s notebook: lam = 0.01 / batch size
+    if settings.get("anneal_epochs") is None:
+        settings.setdefault("total_anneal_steps", 200_000)
+    return TrainConfig(**settings)
+
+
+def schedule_phases(name: str) -> tuple[str, ...]:
+    """The phases of the model's training schedule ("joint"; RecVAE: "encoder", "decoder")."""
+    from hvae_jax.schedules import build_schedule
+
+    train = train_config(name, 500)
+    schedule = build_schedule(train, n_levels=model_config(name).n_levels, steps_per_epoch=1)
+    return tuple(phase.name for phase in schedule.phases)
+
+
+def row_label(model: str, schedule_phase: str | None) -> str:
+    """The model's label in tables: "recvae (encoder)" for a phase of an alternating schedule."""
+    return model if schedule_phase in (None, "joint") else f"{model} ({schedule_phase})"
+
+
+def torch_unsupported(config) -> str | None:
+    """Why the PyTorch reference (benchmarks/torch_reference) cannot run `config` faithfully, or None when it can:
+    the reference's own answer where it gives one (`models.unsupported`)."""
+    from benchmarks.torch_reference import models
+
+    if hasattr(models, "unsupported"):
+        return models.unsupported(config)
+    # An older reference: shared-branch MLP encoders with one hidden layer per network, standard or VampPrior.
+    if config.kind == "vae" and (config.encoder != "mlp" or config.branches != "shared" or config.encoder_layers != 1
+                                 or config.decoder_layers != 1 or config.prior not in ("standard", "vamp")):
+        return "this PyTorch reference implements shared-branch MLP encoders with the standard or VampPrior only"
+    return None
 
 
 def load_csr(path: str, prefix: str) -> sp.csr_matrix:
@@ -116,74 +164,128 @@ def _time_repeats(run_once: Callable[[int], None], repeats: int) -> list[float]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# JAX: the library's own training chunk (one jit scanning over updates, data on the device) and evaluation path.
+# JAX: the library's own training set-up (one jit scanning over updates, data on the device) and evaluation path.
+
+
+def jax_setup(spec: RunSpec, train_matrix: sp.csr_matrix, **build):
+    """`hvae_jax.train.TrainSetup` for this measurement, built as `fit` builds it (input path "auto")."""
+    from hvae_jax.train import TrainSetup
+
+    return TrainSetup.build(model_config(spec.model), train_config(spec.model, spec.batch_size), train_matrix, **build)
+
+
+def schedule_phase(setup, name: str | None):
+    phases = {phase.name: phase for phase in setup.schedule.phases}
+    if name is None:
+        return setup.schedule.phases[0]
+    if name not in phases:
+        raise ValueError(f"{setup.model_config.label} has schedule phases {', '.join(phases)}, not {name!r}")
+    return phases[name]
 
 
 def run_jax(spec: RunSpec, train_matrix: sp.csr_matrix) -> Measurement:
     import jax
-    import optax
 
-    from hvae_jax.data.batches import epoch_order, max_batch_nnz, to_device
-    from hvae_jax.models.hvae import build_model
-    from hvae_jax.train import create_state, make_update_chunk, resolve_input_path
+    from hvae_jax.data.batches import epoch_order, to_device
 
     jax.config.update("jax_default_matmul_precision", "tensorfloat32" if spec.precision == "tf32" else "float32")
-    config = model_config(spec.model)
-    n_items = train_matrix.shape[1]
-    model = build_model(config, n_items)
-    keys = jax.random.split(jax.random.key(0), 3)
-
+    setup = jax_setup(spec, train_matrix)
     if spec.phase == "eval":
-        return _run_jax_eval(spec, model, keys[0])
+        return _run_jax_eval(spec, setup)
 
-    # As `hvae_jax.train.fit` does: "auto" becomes the sparse first layer below 1% density (ML-20M), dense above.
-    train = dataclasses.replace(train_config(spec.model, spec.batch_size),
-                                input_path=resolve_input_path(train_config(spec.model, spec.batch_size), train_matrix))
-    optimizer = optax.adam(train.learning_rate)
-    n_users = train_matrix.shape[0]
-    update_chunk = make_update_chunk(model, train, optimizer, max_nnz=max_batch_nnz(train_matrix, spec.batch_size),
-                                     anneal_steps=train.total_anneal_steps)
+    phase = schedule_phase(setup, spec.schedule_phase)
+    update_chunk = setup.update_chunk(phase)
     matrix = to_device(train_matrix)
-    state = create_state(model, optimizer, 0, key=keys[0])
+    state = setup.init_state()
 
     def user_order(repeat: int):
-        return epoch_order(jax.random.fold_in(keys[1], repeat), n_users, spec.batch_size)[: spec.updates]
+        order = epoch_order(jax.random.fold_in(setup.keys.shuffle, repeat), setup.n_train, setup.batch_size)
+        return order[: spec.updates]
 
     start = time.perf_counter()
-    compiled = update_chunk.lower(state, user_order(0), keys[2], matrix, None).compile()
+    compiled = update_chunk.lower(state, user_order(0), setup.keys.train, matrix, None).compile()
     compile_seconds = time.perf_counter() - start
 
     def run_once(repeat: int) -> None:
         nonlocal state
-        state, metrics = compiled(state, user_order(repeat), keys[2], matrix, None)
+        state, metrics = compiled(state, user_order(repeat), setup.keys.train, matrix, None)
         jax.block_until_ready((state, metrics))
 
     run_once(0)
     seconds = _time_repeats(run_once, spec.repeats)
     users = spec.updates * spec.batch_size
-    return Measurement(_median_rate(seconds, users), seconds, compile_seconds, users,
-                       notes=["hvae_jax.train.make_update_chunk: all updates of a repeat in one jitted lax.scan",
-                              f"jax input_path: {train.input_path} (as fit resolves 'auto')"])
+    measurement = Measurement(
+        _median_rate(seconds, users), seconds, compile_seconds, users,
+        notes=["hvae_jax.train.TrainSetup.update_chunk: all updates of a repeat in one jitted lax.scan",
+               f"jax input_path: {setup.path.name} (as fit resolves 'auto')"],
+        extra={"input_path": setup.path.name, "schedule_phase": phase.name, "max_batch_nnz": setup.path.max_nnz},
+    )
+    if spec.prior_probe:
+        measurement.extra.update(_prior_probe(setup, state, spec, statistics.median(seconds) / spec.updates))
+    return measurement
 
 
-def _run_jax_eval(spec: RunSpec, model, init_key) -> Measurement:
+def _prior_probe(setup, state, spec: RunSpec, step_seconds: float) -> dict:
+    """Seconds per update of the prior's per-batch pass alone (`model.apply(..., method="prepare_prior")`: the
+    VampPrior's K pseudo-inputs through the top encoder path), forward and backward to the parameters, scanned over
+    as many updates as the timed step; and its share of the whole update."""
+    import jax
+    import jax.numpy as jnp
+
+    from hvae_jax.input_paths import PSEUDO_INPUT_STREAM
+
+    model = setup.model
+
+    def prior_loss(params, key):
+        prepared = model.apply({"params": params}, key, method="prepare_prior")
+        return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(prepared))
+
+    @jax.jit
+    def probe(params, key):
+        def one(carry, step):
+            step_key = jax.random.fold_in(jax.random.fold_in(key, step), PSEUDO_INPUT_STREAM)
+            value, grads = jax.value_and_grad(prior_loss)(params, step_key)
+            # Feed the result forward so that no iteration can be dropped or hoisted.
+            return carry + value + sum(jnp.sum(g[..., :1]) for g in jax.tree.leaves(grads)), None
+
+        return jax.lax.scan(one, jnp.zeros(()), jnp.arange(spec.updates))[0]
+
+    params = state.params
+    start = time.perf_counter()
+    jax.block_until_ready(probe(params, setup.keys.train))
+    first = time.perf_counter() - start
+    seconds = []
+    for _ in range(spec.repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(probe(params, setup.keys.train))
+        seconds.append(time.perf_counter() - start)
+    per_step = statistics.median(seconds) / spec.updates
+    return {
+        "prior_pass_seconds_per_update": per_step,
+        "prior_pass_seconds_per_repeat": seconds,
+        "prior_pass_compile_seconds": max(first - statistics.median(seconds), 0.0),
+        "update_seconds": step_seconds,
+        "prior_pass_fraction_of_update": per_step / step_seconds,
+        "prior_pass_note": "jitted value_and_grad of sum(prepare_prior(params)) over the parameters, the same K "
+                           "pseudo-inputs (and their dropout) as an update; measured in the same process right after "
+                           "the update",
+    }
+
+
+def _run_jax_eval(spec: RunSpec, setup) -> Measurement:
     import jax
 
-    from hvae_jax.configs import TrainConfig
     from hvae_jax.data.splits import EvalSet
-    from hvae_jax.evaluate import evaluate, neural_eval_step
-    from hvae_jax.models.hvae import init_params
-    from hvae_jax.train import resolve_input_path
+    from hvae_jax.evaluate import evaluate
 
     fold_in, heldout = load_csr(spec.eval_path, "fold_in"), load_csr(spec.eval_path, "heldout")
     n_users = spec.updates * spec.batch_size
     fold_in = fold_in[:n_users]
     # Strong generalization: the exclusions are the fold-in items, the same matrix object (the library keys on it).
     eval_set = EvalSet(fold_in, heldout[:n_users], fold_in, np.arange(n_users).astype(str))
-    params = init_params(model, key=init_key)
-    # The first layer is fed as `fit` would train and evaluate this data: sparse below 1% density.
-    input_path = resolve_input_path(TrainConfig(), fold_in)
-    eval_step = neural_eval_step(model, ks=(100,), input_path=input_path)
+    params = setup.init_state().params
+    # The evaluation step `fit` validates with: the input path resolved from the training matrix.
+    eval_step = setup.path.eval_step(ks=(100,))
 
     def run_once(repeat: int) -> None:
         jax.block_until_ready(evaluate(eval_step, params, eval_set, batch_size=spec.batch_size))
@@ -196,7 +298,8 @@ def _run_jax_eval(spec: RunSpec, model, init_key) -> Measurement:
         _median_rate(seconds, n_users), seconds, max(first_call - statistics.median(seconds), 0.0), n_users,
         notes=["hvae_jax.evaluate.evaluate (the whole call: CSR to the device, per batch densify + scores + top-100 "
                "+ metrics, summary); compile_seconds = first call - median call",
-               f"jax eval input_path: {input_path} (as fit resolves 'auto')"],
+               f"jax eval input_path: {setup.path.name} (as fit resolves 'auto')"],
+        extra={"input_path": setup.path.name},
     )
 
 
@@ -224,6 +327,9 @@ def run_torch(spec: RunSpec, train_matrix: sp.csr_matrix) -> Measurement:
     torch.manual_seed(0)
     optimized = spec.framework == "torch-optimized"
     config = model_config(spec.model)
+    reason = torch_unsupported(config)
+    if reason is not None:
+        raise NotImplementedError(reason)
     n_items = train_matrix.shape[1]
     model = build_model(config, n_items, sparse_input=optimized).to(device)
     notes = [f"torch {torch.__version__} on {device.type}, {torch.get_num_threads()} threads"]
@@ -239,6 +345,11 @@ def run_torch(spec: RunSpec, train_matrix: sp.csr_matrix) -> Measurement:
         )
     else:
         trainer = training.ReferenceTrainer(model, train, anneal_steps=train.total_anneal_steps, device=device)
+    if hasattr(trainer, "begin_epoch"):
+        trainer.begin_epoch(1)  # the schedule's first epoch: its phase, and the snapshot RecVAE's prior reads
+    if spec.schedule_phase is not None:
+        trainer.set_phase(spec.schedule_phase)
+    notes.append(f"phase: {trainer.phase.name}" if hasattr(trainer, "phase") else "phase: joint")
     rng = np.random.default_rng(0)
     n_users = train_matrix.shape[0]
 
@@ -280,10 +391,10 @@ def _run_torch_eval(spec: RunSpec, model, optimized: bool, device, notes: list[s
     model.eval()
     if optimized:
         scorer = training.make_sparse_scorer(model, compile=spec.torch_compile)
-        evaluate = lambda: training.evaluate_optimized(scorer, fold_in, heldout, batch_size=spec.batch_size,  # noqa
+        evaluate = lambda: training.evaluate_optimized(scorer, fold_in, heldout, batch_size=spec.batch_size,
                                                        device=device)
     else:
-        evaluate = lambda: training.evaluate_reference(model, fold_in, heldout, batch_size=spec.batch_size,  # noqa
+        evaluate = lambda: training.evaluate_reference(model, fold_in, heldout, batch_size=spec.batch_size,
                                                        device=device)
 
     def run_once(repeat: int) -> None:
@@ -295,7 +406,7 @@ def _run_torch_eval(spec: RunSpec, model, optimized: bool, device, notes: list[s
     compile_error = None
     try:
         run_once(0)
-    except Exception as error:  # noqa: BLE001 - a compiler failure: measure the eager scorer instead
+    except Exception as error:
         if not (optimized and spec.torch_compile):
             raise
         compile_error = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"

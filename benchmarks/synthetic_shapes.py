@@ -35,7 +35,14 @@ SHAPES: dict[str, DataShape] = {
     "ml-20m": DataShape("ml-20m", 116_677, 20_108, 73.0),
     # ML-1M with ratings > 3.5 and 600 + 600 held-out users: about 4,840 x 3,706, ~165 per user.
     "ml-1m": DataShape("ml-1m", 4_840, 3_706, 165.0),
+    # Smoke runs only (`--quick` tests on a small CPU): a catalogue of 1,000 items, ~30 per user.
+    "tiny": DataShape("tiny", 1_000, 1_000, 30.0),
 }
+
+
+def catalogue_shape(n_items: int, *, n_users: int = 5_000, mean_items_per_user: float = 60.0) -> DataShape:
+    """A shape with `n_items` items (the scaling benchmark's catalogue axis); rows at most half the catalogue."""
+    return DataShape(f"items-{n_items}", n_users, n_items, min(mean_items_per_user, n_items / 4))
 
 # Zipf-Mandelbrot item popularity p_k ~ (k + offset)^-exponent: a power-law tail whose head is not so steep that the
 # top item would need more than one interaction per user.

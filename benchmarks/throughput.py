@@ -4,6 +4,13 @@ synthetic data shaped like ML-20M and ML-1M, written as JSON for `benchmarks.rep
   python -m benchmarks.throughput                      # CPU suite, ~10 minutes on 2 cores
   python -m benchmarks.throughput --quick              # smoke run, a minute or two
   python -m benchmarks.throughput --device-kind gpu    # GPU suite (benchmarks/gpu.sh runs this)
+  python -m benchmarks.throughput --models hvae,hvamp,recvae --frameworks jax   # the hierarchical models
+
+Models are the named ones of `hvae_jax.configs.MODELS` with their own training settings at the suite's batch sizes;
+RecVAE's training rows are its two alternating phases (encoder, decoder), each timed on its own. For models with a
+VampPrior the JAX worker also times the prior's per-step pass (K pseudo-inputs through the encoder, forward and
+backward) alone, as a fraction of the update. The PyTorch reference runs only the architectures it implements
+(`runners.torch_unsupported`); the others are recorded as skipped, with the reason.
 
 Each configuration (framework x model x shape x batch size x phase) runs in a fresh worker process, one after the
 other, so that its peak memory is its own; frameworks are interleaved per configuration so that slow drifts of the
@@ -30,7 +37,7 @@ import tempfile
 import time
 
 from benchmarks import runners
-from benchmarks.flops import flops_per_step
+from benchmarks.flops import flops_breakdown
 from benchmarks.synthetic_shapes import SHAPES, make_shape, split_heldout
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -63,6 +70,8 @@ class Plan:
     quick: bool
     torch_compile: bool
     worker_timeout: float
+    prior_probe: bool = True
+    users_per_repeat: int | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,7 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=pathlib.Path, default=RESULTS_DIR, help="where --out defaults to")
     parser.add_argument("--device-name", help="label of this machine in the results (default: cpu-<n>core or GPU name)")
     parser.add_argument("--shapes", default="ml-20m,ml-1m", help=f"comma-separated, of {', '.join(SHAPES)}")
-    parser.add_argument("--models", default="multvae", help="comma-separated, of multvae, multdae, hvae")
+    parser.add_argument("--models", default="multvae",
+                        help=f"comma-separated, of {', '.join(runners.NEURAL_MODELS)} (hvae_jax.configs.MODELS)")
     parser.add_argument("--frameworks", default=",".join(runners.FRAMEWORKS), help="comma-separated")
     parser.add_argument("--batch-sizes", help="comma-separated (default: 500 and 8192 on CPU, 500 and 24576 on GPU)")
     parser.add_argument("--phases", default="train,eval", help="train, eval or both")
@@ -84,6 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="matmul precision on both sides: float32 (exact) or tf32 (GPU tensor cores)")
     parser.add_argument("--repeats", type=int, help="timed repetitions per configuration (median reported)")
     parser.add_argument("--no-torch-compile", action="store_true", help="run torch-optimized eagerly")
+    parser.add_argument("--no-prior-probe", action="store_true",
+                        help="skip timing the VampPrior's pseudo-input pass on its own")
+    parser.add_argument("--users-per-repeat", type=int,
+                        help="users per timed repetition, overriding the per-shape defaults")
     parser.add_argument("--worker-timeout", type=float, default=900.0, help="seconds before a worker is abandoned")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: JSON RunSpec of one measurement
     parser.add_argument("--measure-matmul", type=str, help=argparse.SUPPRESS)  # internal: "<size>,<precision>"
@@ -128,6 +142,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         quick=args.quick,
         torch_compile=not args.no_torch_compile,
         worker_timeout=args.worker_timeout,
+        prior_probe=not args.no_prior_probe,
+        users_per_repeat=args.users_per_repeat,
     )
 
 
@@ -135,7 +151,8 @@ def updates_per_repeat(plan: Plan, shape: str, batch_size: int, phase: str) -> i
     """Updates (train) or evaluation batches (eval) in one timed repetition."""
     if plan.quick:
         return 1
-    return max(1, math.ceil(USERS_PER_REPEAT[(plan.device_kind, phase)][shape] / batch_size))
+    users = plan.users_per_repeat or USERS_PER_REPEAT[(plan.device_kind, phase)].get(shape, 1000)
+    return max(1, math.ceil(users / batch_size))
 
 
 def prepare_data(plan: Plan, directory: pathlib.Path, log) -> dict[str, dict]:
@@ -153,7 +170,8 @@ def prepare_data(plan: Plan, directory: pathlib.Path, log) -> dict[str, dict]:
         runners.save_csr(paths["train"], train=train)
         runners.save_csr(paths["eval"], fold_in=fold_in, heldout=heldout)
         prepared[name] = {**paths, "n_users": n_train, "n_items": shape.n_items, "batches": batches,
-                          "interactions_per_user": train.nnz / n_train}
+                          "interactions_per_user": train.nnz / n_train,
+                          "eval_fold_in_interactions_per_user": fold_in.nnz / max(fold_in.shape[0], 1)}
         log(f"{name}: {n_train} x {shape.n_items}, {train.nnz / n_train:.1f} interactions per user "
             f"(+{n_eval} evaluation users), drawn in {time.perf_counter() - start:.1f} s")
     return prepared
@@ -257,38 +275,83 @@ def matmul_worker_main(argument: str) -> None:
     print("RESULT " + json.dumps({"flops_per_second": flops, "device": str(jax.devices()[0].device_kind)}), flush=True)
 
 
+def sparse_first_layer(framework: str, jax_input_path: str | None) -> bool:
+    """Whether this framework's first layer gathers rows per interaction rather than multiplying a dense input."""
+    if framework == "jax":
+        return jax_input_path in ("sparse", "item_sharded")
+    return framework == "torch-optimized"
+
+
+def flop_counts(model: str, data: dict, batch_size: int, phase: str, schedule_phase: str | None,
+                sparse: bool) -> dict:
+    """Dense and executed model FLOPs per user of one configuration (benchmarks/flops.py)."""
+    config = runners.model_config(model)
+    training = phase == "train"
+    nnz = data["interactions_per_user"] if training else data["eval_fold_in_interactions_per_user"]
+    common = dict(training=training, phase=schedule_phase or "joint")
+    dense = flops_breakdown(config, data["n_items"], batch_size, **common)
+    executed = flops_breakdown(config, data["n_items"], batch_size, nnz_per_user=nnz if sparse else None, **common)
+    # Per step, then per user: the VampPrior's pseudo-input pass runs once per step, whatever the batch size.
+    return {
+        "model_flops_per_user": sum(dense.values()) / batch_size,
+        "executed_flops_per_user": sum(executed.values()) / batch_size,
+        "executed_flops_breakdown_per_step": executed,
+        "prior_pass_share_of_dense_flops": dense["prior_pass"] / max(sum(dense.values()), 1.0),
+        "prior_pass_share_of_executed_flops": executed["prior_pass"] / max(sum(executed.values()), 1.0),
+        "sparse_first_layer": sparse,
+    }
+
+
 def measure_one(
-    plan: Plan, data: dict, framework: str, model: str, shape: str, batch_size: int, phase: str, results: dict, log
+    plan: Plan, data: dict, framework: str, model: str, shape: str, batch_size: int, phase: str, results: dict, log,
+    schedule_phase: str | None = None,
 ) -> dict:
-    """Runs one configuration in a worker and returns its results entry (with `error` when the worker failed)."""
+    """Runs one configuration in a worker and returns its results entry (with `error` when the worker failed, or
+    `skipped` when the framework has no implementation of the model)."""
     updates = updates_per_repeat(plan, shape, batch_size, phase)
+    config = runners.model_config(model)
+    entry = {
+        "framework": framework, "model": model, "schedule_phase": schedule_phase,
+        "label": runners.row_label(model, schedule_phase), "shape": shape, "batch_size": batch_size,
+        "phase": phase, "precision": plan.precision, "n_users": data["n_users"], "n_items": data["n_items"],
+        "updates_per_repeat": updates, "repeats": plan.repeats, "load_average": os.getloadavg()[0],
+    }
+    skip = runners.torch_unsupported(config) if framework != "jax" else None
+    if skip is not None:
+        entry.update(users_per_second=None, compile_seconds=None, peak_memory_bytes=None, roofline_fraction=None,
+                     skipped=skip)
+        log(f"          skipped: {skip}")
+        return entry
     spec = runners.RunSpec(
         framework=framework, model=model, shape=shape, batch_size=batch_size, phase=phase, precision=plan.precision,
         updates=updates, repeats=plan.repeats, train_path=data["train"], eval_path=data["eval"],
-        torch_compile=plan.torch_compile,
+        torch_compile=plan.torch_compile, schedule_phase=schedule_phase,
+        prior_probe=(plan.prior_probe and framework == "jax" and phase == "train" and config.kind == "vae"
+                     and config.prior == "vamp"),
     )
     scratch = pathlib.Path(data["train"]).parent
     measured, error = run_worker_process(["--worker", json.dumps(dataclasses.asdict(spec))], plan.worker_timeout,
                                          scratch / "compile-cache", scratch / "code")
-    # Per step, then per user: the VampPrior's pseudo-input pass runs once per step, whatever the batch size.
-    flops_per_user = flops_per_step(runners.model_config(model), data["n_items"], batch_size,
-                                    training=phase == "train") / batch_size
-    entry = {
-        "framework": framework, "model": model, "shape": shape, "batch_size": batch_size, "phase": phase,
-        "precision": plan.precision, "n_users": data["n_users"], "n_items": data["n_items"],
-        "updates_per_repeat": updates, "repeats": plan.repeats, "model_flops_per_user": flops_per_user,
-        "load_average": os.getloadavg()[0],
-    }
     if measured is None:
         entry.update(users_per_second=None, compile_seconds=None, peak_memory_bytes=None, roofline_fraction=None,
                      error=error)
         log(f"          failed: {error}")
         return entry
-    achieved = flops_per_user * measured["users_per_second"]
-    entry.update(measured, achieved_flops_per_second=achieved,
-                 roofline_fraction=achieved / results["matmul_flops_per_second"])
+    extra = measured.pop("extra", {}) or {}
+    counts = flop_counts(model, data, batch_size, phase, schedule_phase,
+                         sparse_first_layer(framework, extra.get("input_path")))
+    entry.update(counts)
+    peak = results["matmul_flops_per_second"]
+    achieved = counts["model_flops_per_user"] * measured["users_per_second"]
+    executed = counts["executed_flops_per_user"] * measured["users_per_second"]
+    entry.update(measured, **extra, achieved_flops_per_second=achieved, executed_flops_per_second=executed,
+                 roofline_fraction=achieved / peak, executed_roofline_fraction=executed / peak)
+    probe = ""
+    if "prior_pass_fraction_of_update" in extra:
+        probe = f", prior pass {extra['prior_pass_fraction_of_update']:.0%} of the update"
     log(f"          {measured['users_per_second']:10.1f} users/s, compile {measured['compile_seconds']:.1f} s, peak "
-        f"{measured['peak_memory_bytes'] / 2**20:.0f} MiB, roofline {entry['roofline_fraction']:.3f}")
+        f"{measured['peak_memory_bytes'] / 2**20:.0f} MiB, roofline {entry['roofline_fraction']:.3f} dense / "
+        f"{entry['executed_roofline_fraction']:.3f} executed{probe}")
     return entry
 
 
@@ -342,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
         matmul_worker_main(args.measure_matmul)
         return {}
     plan = make_plan(args)
-    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda message: print(message, file=sys.stderr, flush=True)
     device_name = args.device_name or default_device_name(plan.device_kind)
     today = datetime.date.today().isoformat()
     out = args.out or args.results_dir / f"{device_name}-{today}.json"
@@ -371,9 +434,14 @@ def main(argv: list[str] | None = None) -> dict:
             "train users are counted per update (one update = batch_size users); eval = scores, fold-in excluded, "
             "top-100 and NDCG/Recall@100",
             "roofline_fraction = model matmul FLOPs per user (benchmarks/flops.py: dense-equivalent for every "
-            "framework, so torch-optimized's sparse first layer, which skips ~40% of them in training, can look "
-            "better than its dense work) x users_per_second / matmul_flops_per_second (the best of the matmul "
-            "measurements at the start and end of the run)",
+            "framework, so a sparse first layer, which skips most of them, can look better than its dense work) x "
+            "users_per_second / matmul_flops_per_second (the best of the matmul measurements at the start and end "
+            "of the run)",
+            "executed_roofline_fraction = the same from the FLOPs each framework's input path actually executes: a "
+            "sparse first layer (hvae_jax's sparse path, PyTorch opt.) counts nnz x hidden instead of n_items x "
+            "hidden, forward and weight gradient; the output layer stays dense everywhere",
+            "prior_pass_fraction_of_update (VampPrior models, JAX): seconds of the K pseudo-inputs' pass through "
+            "the encoder (forward and backward, timed alone in the worker) over seconds of the whole update",
             "each configuration ran in a fresh process; peak memory is that process's growth (see peak_memory_kind)",
             "compile_seconds are cold: PyTorch's inductor/Triton caches start empty in each run (JAX's persistent "
             "compilation cache is off by default)",
@@ -393,17 +461,23 @@ def main(argv: list[str] | None = None) -> dict:
         ):
             data = prepared[shape]
             batch_size = data["batches"][requested_batch]
-            log(f"[{time.perf_counter() - started:6.0f} s] {framework:15s} {model} {shape} batch {batch_size} "
-                f"{phase} ...")
-            entry = measure_one(plan, data, framework, model, shape, batch_size, phase, results, log)
-            if batch_size != requested_batch:
-                entry.setdefault("notes", []).append(
-                    f"batch capped at the {data['n_users']} training users of the shape (requested {requested_batch})")
-            entry["requested_batch_size"] = requested_batch
-            results["runs"].append(entry)
-            results["wall_seconds"] = time.perf_counter() - started
-            results["load_average_at_end"] = list(os.getloadavg())
-            write_results(out, results)
+            # RecVAE trains in two alternating phases with different work: each is a row of its own.
+            schedule_phases = runners.schedule_phases(model) if phase == "train" else (None,)
+            for schedule_phase in schedule_phases:
+                schedule_phase = None if schedule_phase == "joint" else schedule_phase
+                log(f"[{time.perf_counter() - started:6.0f} s] {framework:15s} "
+                    f"{runners.row_label(model, schedule_phase)} {shape} batch {batch_size} {phase} ...")
+                entry = measure_one(plan, data, framework, model, shape, batch_size, phase, results, log,
+                                    schedule_phase)
+                if batch_size != requested_batch:
+                    entry.setdefault("notes", []).append(
+                        f"batch capped at the {data['n_users']} training users of the shape (requested "
+                        f"{requested_batch})")
+                entry["requested_batch_size"] = requested_batch
+                results["runs"].append(entry)
+                results["wall_seconds"] = time.perf_counter() - started
+                results["load_average_at_end"] = list(os.getloadavg())
+                write_results(out, results)
     # The machine may be busier at one moment than another: the roofline uses the best of the measurements taken at
     # the start and at the end of the run, and the fractions are recomputed against it.
     results["matmul_flops_per_second_measurements"].append(measure_matmul(plan)["flops_per_second"])
@@ -411,6 +485,8 @@ def main(argv: list[str] | None = None) -> dict:
     for entry in results["runs"]:
         if entry.get("achieved_flops_per_second") is not None:
             entry["roofline_fraction"] = entry["achieved_flops_per_second"] / results["matmul_flops_per_second"]
+            entry["executed_roofline_fraction"] = (entry["executed_flops_per_second"]
+                                                   / results["matmul_flops_per_second"])
     results["library_revision_at_end"] = library_revision()
     if results["library_revision_at_end"] != results["library_revision_at_start"]:
         log("note: the checkout changed during the run; every worker measured the snapshot taken at its start "
