@@ -71,6 +71,9 @@ TRAIN_FLAGS = (
     Flag("--train", "settings", "train_file", str, "training file (given protocol)"),
     Flag("--valid", "settings", "valid_file", str, "validation file (given protocol)"),
     Flag("--test", "settings", "test_file", str, "test file (given protocol)"),
+    Flag("--carve-validation", "settings", "carve_validation", str,
+         "given protocol without --valid: validation from 20%% of the training items of 10%% of the users (items, "
+         "the default), from held-out users (users), or none", ("items", "users", "none")),
     Flag("--user-features", "settings", "user_features", str, "per-user side features (u.user, users.dat or CSV)"),
     Flag("--split-seed", "settings", "split_seed", int, "seed of the strong split (default 98765)"),
     Flag("--workdir", "settings", "workdir", str, "output directory (default runs/default)"),
@@ -227,6 +230,8 @@ def resolve_train_config(args: argparse.Namespace) -> tuple:
             sections[flag.section][flag.field] = value
             if flag.section == "model":
                 explicit_model_flags.add(flag.name)
+    if getattr(args, "no_valid", False):
+        sections["settings"]["carve_validation"] = "none"
     kind = sections["model"].pop("kind", "vae")
     config_class = CONFIG_CLASSES[kind]
     allowed = {field.name for field in dataclasses.fields(config_class)}
@@ -353,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="TOML file whose keys are long flag names (e.g. epochs = 50)")
     train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--no-valid", action="store_true",
+                       help="given protocol without --valid: no validation data (same as --carve-validation none)")
     train.add_argument("--overwrite", action="store_true",
                        help="if --workdir holds a run with other settings, delete that run's files and start clean "
                             "(otherwise such a run is refused, naming the settings that differ)")

@@ -50,6 +50,10 @@ class RunSettings:
       protocol: "strong" or "given".
       heldout_users: validation and test users each (strong protocol); None: 10% of users, at most 10,000.
       train_file, valid_file, test_file: the given protocol's files.
+      carve_validation: with the given protocol and no validation file, carve validation data out of the training
+        file: "items" (a seeded 20% of the training items of a seeded 10% of the users, at most 10,000; the
+        default), "users" (those users leave training and are held out as Liang et al.'s validation users) or
+        "none" (no validation: the last epoch is reported, EASE takes the middle of its L2 grid).
       user_features: optional path of per-user side features.
       split_seed: seed of the strong split's permutation and held-out draws (Liang et al.: 98765).
       workdir: where everything is written.
@@ -71,6 +75,7 @@ class RunSettings:
     train_file: str | None = None
     valid_file: str | None = None
     test_file: str | None = None
+    carve_validation: str = "items"
     user_features: str | None = None
     split_seed: int = 98765
     workdir: str = "runs/default"
@@ -90,6 +95,9 @@ class RunSettings:
         if self.protocol == "strong" and (self.train_file or self.valid_file or self.test_file):
             raise ValueError("--train, --valid and --test are the files of --protocol given; with the strong protocol "
                              "give the data with --data")
+        if self.carve_validation not in ("items", "users", "none"):
+            raise ValueError(f"carve_validation (--carve-validation) must be items, users or none, got "
+                             f"{self.carve_validation!r}")
         if self.heldout_users is not None and (_not_int(self.heldout_users) or self.heldout_users < 1):
             raise ValueError(f"heldout_users (--heldout-users) must be at least 1, got {self.heldout_users!r}; leave it "
                              "unset for the default (10% of the users, at most 10,000)")
@@ -232,6 +240,9 @@ def prepare_split(
             _read(settings.test_file, settings),
             _read(settings.valid_file, settings) if settings.valid_file else None,
         )
+        if split.valid is None and settings.carve_validation != "none":
+            split = splits_lib.carve_validation(split, method=settings.carve_validation, seed=settings.split_seed)
+            log(f"no --valid file: {split.notes[-1]} (--carve-validation none keeps every training item for training)")
     else:
         interactions = loader()
         n_heldout = _heldout_users(settings, interactions)

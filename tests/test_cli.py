@@ -287,7 +287,7 @@ def test_a_run_without_validation_users_evaluates_its_last_epoch_again(tmp_path,
     test.write_text("user,item\n" + "".join(f"u{u},i{(u * 7 + 8 + k) % 40}\n" for u in range(30) for k in range(2)))
     workdir = tmp_path / "run"
     assert main(["train", "--protocol", "given", "--train", str(train), "--test", str(test), *TINY,
-                 "--workdir", str(workdir)]) == 0
+                 "--workdir", str(workdir), "--no-valid"]) == 0
     trained = json.loads((workdir / "results.json").read_text())
     assert trained["best_epoch"] is None and "valid" not in trained
     assert not (workdir / "checkpoints" / "best").exists() or not any((workdir / "checkpoints" / "best").iterdir())
@@ -305,3 +305,48 @@ def test_plot_writes_into_the_run_directory(finished_run, tmp_path, capsys):
     assert f"wrote {workdir / 'plots' / 'training.png'}" in capsys.readouterr().out
     assert main(["plot", "--workdir", str(tmp_path / "none")]) == 2
     assert "metrics.jsonl not found" in capsys.readouterr().err
+
+
+def _given_files(tmp_path):
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("user,item\n" + "".join(f"u{u},i{(u * 7 + k) % 40}\n" for u in range(120) for k in range(8)))
+    test.write_text("user,item\n" + "".join(f"u{u},i{(u * 7 + 8 + k) % 40}\n" for u in range(30) for k in range(2)))
+    return train, test
+
+
+def test_a_given_split_without_validation_carves_one_and_selects_on_it(tmp_path, capsys):
+    train, test = _given_files(tmp_path)
+    workdir = tmp_path / "carved"
+    assert main(["train", "--protocol", "given", "--train", str(train), "--test", str(test), *TINY,
+                 "--workdir", str(workdir)]) == 0
+    assert "no --valid file: validation carved from training" in capsys.readouterr().out
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["selected_on"] == "validation" and 1 <= results["best_epoch"] <= results["epochs"]
+    assert results["split"]["valid"]["users"] == 12  # 10% of the 120 users
+    assert any("carved" in note for note in results["split"]["notes"])
+
+
+def test_no_valid_reproduces_the_last_epoch_figures_of_a_split_without_validation(tmp_path, capsys):
+    from hvae_jax.configs import MODELS, TrainConfig
+    from hvae_jax.data.readers import read_interactions
+    from hvae_jax.data.splits import given_split
+    from hvae_jax.evaluate import evaluate
+    from hvae_jax.train import fit
+
+    train, test = _given_files(tmp_path)
+    workdir = tmp_path / "no-valid"
+    assert main(["train", "--protocol", "given", "--train", str(train), "--test", str(test), *TINY,
+                 "--workdir", str(workdir), "--no-valid", "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert main(["train", "--protocol", "given", "--train", str(train), "--test", str(test), *TINY,
+                 "--workdir", str(workdir), "--no-valid"]) == 0
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["best_epoch"] is None and results["epochs"] == config["train"]["epochs"]
+    # The same training through the library, as before carving existed: given split, fit, the last parameters.
+    split = given_split(read_interactions(train), read_interactions(test))
+    fitted = fit(MODELS["multvae"].config.__class__(**{k: tuple(v) if isinstance(v, list) else v
+                                                      for k, v in config["model"].items() if k != "kind"}),
+                 TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["train"].items()}),
+                 split, tmp_path / "library", progress=False, log=lambda message: None)
+    direct = evaluate(fitted.path.eval_step(), fitted.best_params, split.test)
+    assert results["test"]["ndcg@100"] == pytest.approx(direct["ndcg@100"], abs=1e-6)

@@ -211,3 +211,65 @@ def test_save_and_load_round_trip(tmp_path, which):
     assert_splits_equal(load_split(tmp_path), split)  # no key: whatever is there
     assert load_split(tmp_path, key="settings-2") is None
     assert load_split(tmp_path / "missing", key="settings-1") is None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Validation carved out of a given split's training data.
+
+
+def _given_without_validation(seed: int = 5):
+    """A given split of synthetic users: 80% of each user's items in the training file, the rest in the test file."""
+    interactions = synthetic_interactions(n_users=400, n_items=150, seed=seed)
+    rng = np.random.default_rng(seed)
+    in_test = rng.random(len(interactions.users)) < 0.2
+    users, items = interactions.user_ids[interactions.users], interactions.item_ids[interactions.items]
+    train = from_raw_ids(users[~in_test], items[~in_test])
+    test = from_raw_ids(users[in_test], items[in_test])
+    return given_split(train, test)
+
+
+def _pairs(matrix, user_ids) -> set:
+    matrix = matrix.tocsr()
+    return {(str(user_ids[row]), int(col)) for row, col in zip(*matrix.nonzero())}
+
+
+@pytest.mark.parametrize("method", ["items", "users"])
+def test_carved_validation_is_disjoint_from_training_and_test_and_seeded(method):
+    from hvae_jax.data.splits import carve_validation
+
+    split = _given_without_validation()
+    carved = carve_validation(split, method=method, seed=3)
+    valid_heldout = _pairs(carved.valid.heldout, carved.valid.user_ids)
+    assert valid_heldout
+    assert not valid_heldout & _pairs(carved.train, carved.train_user_ids)  # the model never trains on them
+    assert not valid_heldout & _pairs(carved.test.heldout, carved.test.user_ids)
+    assert not valid_heldout & _pairs(carved.valid.fold_in, carved.valid.user_ids)
+    # Nothing is lost: training + validation held-out items are the original training items.
+    before = _pairs(split.train, split.train_user_ids)
+    after = _pairs(carved.train, carved.train_user_ids) | valid_heldout | _pairs(carved.valid.fold_in,
+                                                                                  carved.valid.user_ids)
+    assert after == before
+    # The test set is untouched: same inputs, targets and exclusions.
+    for part in ("fold_in", "heldout", "exclude"):
+        assert (getattr(carved.test, part) != getattr(split.test, part)).nnz == 0
+    if method == "users":
+        assert not set(carved.valid.user_ids) & set(carved.train_user_ids)
+    else:
+        assert set(carved.valid.user_ids) <= set(carved.train_user_ids)
+    again = carve_validation(split, method=method, seed=3)
+    assert _pairs(again.valid.heldout, again.valid.user_ids) == valid_heldout
+    other = carve_validation(split, method=method, seed=4)
+    assert _pairs(other.valid.heldout, other.valid.user_ids) != valid_heldout
+    assert "carved" in carved.notes[-1]
+
+
+def test_carving_refuses_a_split_with_validation_and_bad_settings():
+    from hvae_jax.data.splits import carve_validation
+
+    split = _given_without_validation()
+    with pytest.raises(ValueError, match="validation set already"):
+        carve_validation(carve_validation(split))
+    with pytest.raises(ValueError, match="method"):
+        carve_validation(split, method="rows")
+    with pytest.raises(ValueError, match="cannot carve"):
+        carve_validation(split, n_users=10_000)
