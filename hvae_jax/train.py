@@ -298,63 +298,17 @@ def fit(
     if catalogue_mesh is not None:
         log(input_paths.describe(setup.path))
     side = side_features or {}
-    n_side = 0 if side.get("train") is None else side["train"].shape[1]
-    matrix = to_device(split.train)
-    train_side = None if n_side == 0 else jnp.asarray(side["train"], jnp.float32)
-    if mesh is not None:
-        matrix, train_side = jax.device_put((matrix, train_side), parallel.replicated(mesh))
-
+    matrix, train_side = _training_data(split, side, mesh)
     checkpoints = Checkpoints(run_paths)
-    state = setup.init_state(n_side)
-    loop = hooks.LoopState()
-    restored = checkpoints.restore("latest", abstract_like(state))
-    if restored is not None:
-        state, record = restored
-        loop = hooks.LoopState.from_record(record)
-        log(f"resuming from epoch {loop.epoch} (update {int(state.step)}) in {run_paths.path}")
-        if loop.best_epoch is not None:
-            best = checkpoints.restore("best", abstract_like(state.params))
-            loop.best_params = None if best is None else best[0]
-    resumed_from = loop.epoch if restored is not None else None
+    state, loop, resumed_from = _restore(setup, checkpoints, 0 if train_side is None else train_side.shape[1],
+                                         run_paths, log)
     # In a multi-host run every process trains; the first one alone writes the log.
     metrics_log = MetricsLog(run_paths, resume_epoch=resumed_from) if jax.process_index() == 0 else None
     loop_hooks = _default_hooks(setup, split, side, checkpoints, metrics_log, ks=ks, progress=progress, log=log,
                                 initial_epoch=loop.epoch)
-
-    train_seconds = compile_seconds = 0.0
-    timed_users = epochs_done = 0
-    seconds_by_phase = {"train": 0.0, **{type(hook).__name__: 0.0 for hook in loop_hooks}}
-    start_epoch = loop.epoch + 1
-    for epoch in range(start_epoch, train.epochs + 1):
-        if loop.should_stop or (stop_after_epochs is not None and epochs_done >= stop_after_epochs):
-            break
-        epoch_start = time.perf_counter()
-        state, metrics = setup.run_epoch(state, epoch, matrix, train_side)
-        seconds = time.perf_counter() - epoch_start
-        seconds_by_phase["train"] += seconds
-        check_finite(metrics, epoch, int(state.step))
-        if epoch == start_epoch:
-            compile_seconds = seconds  # the first epoch of a call includes compilation
-        else:
-            train_seconds += seconds
-            timed_users += setup.n_train
-        loop.epoch, loop.state = epoch, state
-        loop.row = hooks.epoch_row(epoch, int(state.step), metrics, seconds, setup.schedule.phase_of(epoch).name)
-        loop.evaluation_params = setup.evaluation_params(state)
-        for hook in loop_hooks:
-            hook_start = time.perf_counter()
-            hook.after_epoch(loop)
-            seconds_by_phase[type(hook).__name__] += time.perf_counter() - hook_start
-        epochs_done += 1
-    for hook in loop_hooks:
-        hook_start = time.perf_counter()
-        hook.close(loop)
-        seconds_by_phase[type(hook).__name__] += time.perf_counter() - hook_start
-
-    if loop.best_epoch is None or loop.best_params is None:
-        best_params = setup.evaluation_params(state)
-    else:
-        best_params = loop.best_params
+    state, clock = _run_epochs(setup, state, loop, loop_hooks, matrix, train_side, stop_after_epochs)
+    best_params = loop.best_params if loop.best_epoch is not None and loop.best_params is not None else (
+        setup.evaluation_params(state))
     return FitResult(
         model=setup.model,
         best_params=best_params,
@@ -363,18 +317,92 @@ def fit(
         best_epoch=loop.best_epoch,
         best_validation=loop.best_validation,
         epochs_run=loop.history[-1]["epoch"] if loop.history else loop.epoch,
-        train_seconds=train_seconds,
-        compile_seconds=compile_seconds,
-        # With a single epoch there is no compile-free timing; then the first epoch's time stands in.
-        users_per_second=(timed_users / train_seconds) if train_seconds > 0 else (
-            setup.n_train * epochs_done / compile_seconds if compile_seconds > 0 else 0.0
-        ),
+        train_seconds=clock.train_seconds,
+        compile_seconds=clock.compile_seconds,
+        users_per_second=clock.users_per_second(setup.n_train),
         resumed_from=resumed_from,
         path=setup.path,
         snapshot=state.snapshot,
         stopped_early=loop.stopped_early,
-        seconds_by_phase=seconds_by_phase,
+        seconds_by_phase=clock.seconds_by_phase,
     )
+
+
+def _training_data(split: Split, side: dict, mesh: Mesh | None):
+    """(the training matrix as device CSR, the training users' side features or None), replicated over `mesh`."""
+    matrix = to_device(split.train)
+    train_side = None if side.get("train") is None else jnp.asarray(side["train"], jnp.float32)
+    if mesh is not None:
+        matrix, train_side = jax.device_put((matrix, train_side), parallel.replicated(mesh))
+    return matrix, train_side
+
+
+def _restore(setup: TrainSetup, checkpoints: Checkpoints, n_side: int, run_paths, log):
+    """(state, loop state, epoch resumed from or None): the `latest` checkpoint and the `best` parameters when the
+    run directory holds them, else a fresh state."""
+    state = setup.init_state(n_side)
+    restored = checkpoints.restore("latest", abstract_like(state))
+    if restored is None:
+        return state, hooks.LoopState(), None
+    state, record = restored
+    loop = hooks.LoopState.from_record(record)
+    log(f"resuming from epoch {loop.epoch} (update {int(state.step)}) in {run_paths.path}")
+    if loop.best_epoch is not None:
+        best = checkpoints.restore("best", abstract_like(state.params))
+        loop.best_params = None if best is None else best[0]
+    return state, loop, loop.epoch
+
+
+@dataclasses.dataclass
+class _Clock:
+    """Where a `fit` call's time went: the first epoch (compilation included) apart from the others."""
+
+    train_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    timed_epochs: int = 0
+    epochs: int = 0
+    seconds_by_phase: dict = dataclasses.field(default_factory=dict)
+
+    def users_per_second(self, n_train: int) -> float:
+        if self.train_seconds > 0:
+            return n_train * self.timed_epochs / self.train_seconds
+        # With a single epoch there is no compile-free timing; then the first epoch's time stands in.
+        return n_train * self.epochs / self.compile_seconds if self.compile_seconds > 0 else 0.0
+
+
+def _run_epochs(setup: TrainSetup, state: TrainState, loop: hooks.LoopState, loop_hooks: list[hooks.Hook], matrix,
+                train_side, stop_after_epochs: int | None) -> tuple[TrainState, _Clock]:
+    """The loop: an epoch of updates, then every hook, until the last epoch, early stopping or `stop_after_epochs`."""
+    clock = _Clock(seconds_by_phase={"train": 0.0, **{type(hook).__name__: 0.0 for hook in loop_hooks}})
+
+    def timed(name: str, action: Callable[[], Any]):
+        start = time.perf_counter()
+        action()
+        clock.seconds_by_phase[name] += time.perf_counter() - start
+
+    start_epoch = loop.epoch + 1
+    for epoch in range(start_epoch, setup.train.epochs + 1):
+        if loop.should_stop or (stop_after_epochs is not None and clock.epochs >= stop_after_epochs):
+            break
+        epoch_start = time.perf_counter()
+        state, metrics = setup.run_epoch(state, epoch, matrix, train_side)
+        seconds = time.perf_counter() - epoch_start
+        clock.seconds_by_phase["train"] += seconds
+        check_finite(metrics, epoch, int(state.step))
+        if epoch == start_epoch:
+            clock.compile_seconds = seconds  # the first epoch of a call includes compilation
+        else:
+            clock.train_seconds += seconds
+            clock.timed_epochs += 1
+        loop.epoch, loop.state = epoch, state
+        loop.row = hooks.epoch_row(epoch, int(state.step), metrics, seconds, setup.schedule.phase_of(epoch).name)
+        loop.evaluation_params = setup.evaluation_params(state)
+        for hook in loop_hooks:
+            timed(type(hook).__name__, lambda: hook.after_epoch(loop))
+        clock.epochs += 1
+    for hook in loop_hooks:
+        timed(type(hook).__name__, lambda: hook.close(loop))
+    return state, clock
 
 
 def _default_hooks(setup: TrainSetup, split: Split, side: dict, checkpoints: Checkpoints, metrics_log, *, ks,
