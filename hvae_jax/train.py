@@ -431,7 +431,15 @@ def _default_hooks(setup: TrainSetup, split: Split, side: dict, checkpoints: Che
 
 @dataclasses.dataclass
 class EnsembleResult:
-    """Members' final parameters (one pytree per seed) and the ensemble's training throughput."""
+    """Per member (one per seed): final parameters, and with validation the best parameters, epoch and metrics
+    and the learning curve; plus the ensemble's training throughput.
+
+    Attributes:
+      best_params: each member's evaluation parameters at its best validated epoch (its last epoch's without
+        validation).
+      best_epochs: each member's best validated epoch, or None without validation.
+      histories: each member's rows (epoch, loss, nll, kl, valid) as `fit` logs them.
+    """
 
     model: Any
     params: list
@@ -440,67 +448,104 @@ class EnsembleResult:
     compile_seconds: float
     users_per_second: float
     path: input_paths.InputPath | None = None
+    best_params: list = dataclasses.field(default_factory=list)
+    best_epochs: list = dataclasses.field(default_factory=list)
+    best_validations: list = dataclasses.field(default_factory=list)
+    histories: list = dataclasses.field(default_factory=list)
+    stopped_early: bool = False
 
 
-def fit_ensemble(model_config, train, split: Split, seeds: tuple[int, ...], *, progress: bool = True) -> EnsembleResult:
+def fit_ensemble(
+    model_config, train, split: Split, seeds: tuple[int, ...], *, progress: bool = True, validate: bool = True,
+    ks: tuple[int, ...] = DEFAULT_KS,
+) -> EnsembleResult:
     """Trains one model per seed in a single program: the update is vmapped over stacked states.
 
     Member m draws exactly the keys `fit` draws with `seed=seeds[m]` (init, per-update noise, per-epoch shuffle), so
-    its parameters equal training it alone, up to float reassociation in the batched matmuls. No validation,
-    checkpoints or side features here: evaluate the returned members with `evaluate.evaluate`.
+    its parameters equal training it alone, up to float reassociation in the batched matmuls. With `validate` and
+    validation users, every member is validated as `fit` validates (every `eval_every` epochs, the best evaluation
+    parameters kept, averaging included), and the ensemble stops early once every member has gone
+    `early_stopping` epochs without improving. No checkpoints or side features here.
     """
     setup = TrainSetup.build(model_config, train, split.train)
     member_keys = [run_keys(seed) for seed in seeds]
-    states = [setup.init_state(key=keys.init) for keys in member_keys]
-    states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[setup.init_state(key=keys.init) for keys in member_keys])
     train_keys = jnp.stack([keys.train for keys in member_keys])
     shuffle_keys = jnp.stack([keys.shuffle for keys in member_keys])
     matrix = to_device(split.train)
-    n_train, batch_size = setup.n_train, setup.batch_size
-
-    def ensemble_chunk(phase: Phase):
-        update = setup.make_update(phase)
-
-        @functools.partial(jax.jit, donate_argnums=(0,))
-        def chunk(states, member_orders, train_keys, matrix):
-            # member_orders: [n_members, n_steps, batch] -> scan over steps, vmap over members.
-            members_update = jax.vmap(lambda s, rows, key: update(s, rows, key, matrix, None))
-            return jax.lax.scan(
-                lambda s, rows: members_update(s, rows, train_keys), states, jnp.swapaxes(member_orders, 0, 1)
-            )
-
-        return chunk
-
-    chunks = {phase.name: ensemble_chunk(phase) for phase in setup.schedule.phases}
-    orders_for = jax.jit(
-        jax.vmap(lambda key, epoch: epoch_order(jax.random.fold_in(key, epoch), n_train, batch_size),
-                 in_axes=(0, None))
-    )
-    train_seconds = compile_seconds = 0.0
+    chunks = {phase.name: _ensemble_chunk(setup, phase) for phase in setup.schedule.phases}
+    orders_for = jax.jit(jax.vmap(
+        lambda key, epoch: epoch_order(jax.random.fold_in(key, epoch), setup.n_train, setup.batch_size),
+        in_axes=(0, None)))
+    members = [hooks.LoopState() for _ in seeds]
+    validation = None
+    if validate and split.valid is not None:
+        validation = hooks.Validation(setup.path.eval_step(ks), split.valid, every=train.eval_every,
+                                      last_epoch=train.epochs)
+    keep_best = hooks.KeepBest(None)
+    stopping = hooks.EarlyStopping(train.early_stopping, every=train.eval_every, start=train.early_stopping_from,
+                                   log=lambda message: None)
+    clock = _Clock()
     for epoch in tqdm(range(1, train.epochs + 1), desc=f"ensemble x{len(seeds)}", disable=not progress):
+        if members[0].stopped_early:
+            break
         start = time.perf_counter()
         phase = setup.schedule.phase_of(epoch)
         if setup.uses_snapshot and setup.schedule.takes_snapshot(epoch):
             states = states._replace(snapshot=jax.tree.map(jnp.copy, states.params))
         orders = orders_for(shuffle_keys, epoch)
+        chunk_metrics = []
         for chunk_start in range(0, setup.steps_per_epoch, train.steps_per_dispatch):
-            states, _ = chunks[phase.name](states, orders[:, chunk_start : chunk_start + train.steps_per_dispatch],
-                                           train_keys, matrix)
-        jax.block_until_ready(states)
+            states, metrics = chunks[phase.name](
+                states, orders[:, chunk_start : chunk_start + train.steps_per_dispatch], train_keys, matrix)
+            chunk_metrics.append(metrics)
+        metrics = jax.tree.map(lambda *m: np.concatenate([np.asarray(a) for a in m]), *chunk_metrics)
         seconds = time.perf_counter() - start
         if epoch == 1:
-            compile_seconds = seconds
+            clock.compile_seconds = seconds
         else:
-            train_seconds += seconds
-    timed_epochs = train.epochs - 1
-    users = n_train * len(seeds) * (timed_epochs if timed_epochs else 1)
+            clock.train_seconds += seconds
+            clock.timed_epochs += 1
+        clock.epochs += 1
+        for m, loop in enumerate(members):
+            member_metrics = jax.tree.map(lambda leaf: leaf[:, m], metrics)
+            check_finite(member_metrics, epoch, int(states.step[m]))
+            member_state = jax.tree.map(lambda leaf: leaf[m], states)
+            loop.epoch = epoch
+            loop.row = hooks.epoch_row(epoch, int(member_state.step), member_metrics, seconds, phase.name)
+            loop.evaluation_params = setup.evaluation_params(member_state)
+            for hook in ([validation, keep_best, stopping] if validation is not None else []):
+                hook.after_epoch(loop)
+            loop.history.append(loop.row)
+        if validation is not None and all(loop.stopped_early for loop in members):
+            members[0].stopped_early = True
     params = [jax.tree.map(lambda leaf: leaf[m], states.params) for m in range(len(seeds))]
     return EnsembleResult(
         model=setup.model,
         params=params,
         seeds=tuple(seeds),
-        train_seconds=train_seconds,
-        compile_seconds=compile_seconds,
-        users_per_second=users / (train_seconds if timed_epochs else compile_seconds),
+        train_seconds=clock.train_seconds,
+        compile_seconds=clock.compile_seconds,
+        users_per_second=clock.users_per_second(setup.n_train * len(seeds)),
         path=setup.path,
+        best_params=[loop.best_params if loop.best_params is not None else loop.evaluation_params
+                     for loop in members],
+        best_epochs=[loop.best_epoch for loop in members],
+        best_validations=[loop.best_validation for loop in members],
+        histories=[loop.history for loop in members],
+        stopped_early=bool(members[0].stopped_early),
     )
+
+
+def _ensemble_chunk(setup: TrainSetup, phase: Phase):
+    """The ensemble's jitted chunk: `lax.scan` over steps of the update vmapped over stacked member states."""
+    update = setup.make_update(phase)
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def chunk(states, member_orders, train_keys, matrix):
+        # member_orders: [n_members, n_steps, batch] -> scan over steps, vmap over members.
+        members_update = jax.vmap(lambda s, rows, key: update(s, rows, key, matrix, None))
+        return jax.lax.scan(lambda s, rows: members_update(s, rows, train_keys), states,
+                            jnp.swapaxes(member_orders, 0, 1))
+
+    return chunk

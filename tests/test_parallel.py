@@ -47,6 +47,23 @@ def test_ensemble_members_equal_training_alone(tmp_path):
     assert ensemble.users_per_second > 0
 
 
+def test_validated_ensemble_members_keep_the_best_epoch_fit_keeps(tmp_path):
+    # Averaged parameters, validation every other epoch, early stopping: each member's best epoch, its validation
+    # metrics and its best (averaged) parameters are what `fit` alone keeps for that seed.
+    split = _split()
+    train = TrainConfig(epochs=6, batch_size=64, steps_per_dispatch=3, average_decay=0.9, eval_every=2,
+                        early_stopping=4)
+    ensemble = fit_ensemble(MODEL, train, split, (1, 2), progress=False)
+    for m, seed in enumerate((1, 2)):
+        alone = fit(MODEL, TrainConfig(**{**train.__dict__, "seed": seed}), split, tmp_path / f"v{seed}",
+                    progress=False, log=lambda message: None)
+        assert ensemble.best_epochs[m] == alone.best_epoch
+        assert ensemble.best_validations[m]["ndcg@100"] == pytest.approx(alone.best_validation["ndcg@100"], abs=1e-6)
+        assert _max_difference(alone.best_params, ensemble.best_params[m]) < 1e-6
+        assert [row["epoch"] for row in ensemble.histories[m] if "valid" in row] == [
+            row["epoch"] for row in alone.history if "valid" in row]
+
+
 DATA_PARALLEL_SCRIPT = textwrap.dedent(
     """
     import json, sys
