@@ -23,6 +23,10 @@ import tomllib
 from typing import Any, Callable
 
 from hvae_jax.configs import CONFIG_CLASSES, MODELS, PRESETS, TrainConfig, model_config_to_dict
+from hvae_jax.data import sources
+from hvae_jax.experiment import RunSettings, evaluate_workdir, run, run_config
+from hvae_jax.plots import plot_cli
+from hvae_jax.recommend import Recommendation, Recommender, export_folder
 
 
 class UsageError(ValueError):
@@ -195,8 +199,6 @@ def resolve_train_config(args: argparse.Namespace) -> tuple:
     A model name brings its architecture and the training settings that define the method (`configs.MODELS`);
     a setting that does not apply to the chosen kind of model is an error naming it.
     """
-    from hvae_jax.experiment import RunSettings
-
     sections: dict[str, dict] = {"settings": {}, "model": {}, "train": {}}
     if args.preset:
         if args.preset not in PRESETS:
@@ -285,12 +287,8 @@ def format_results_table(results: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hvae_jax.experiment import run
-
     settings, model_config, train_config = resolve_train_config(args)
     if args.print_config:
-        from hvae_jax.experiment import run_config
-
         print(json.dumps(run_config(settings, model_config, train_config), indent=2))
         return 0
     results = run(settings, model_config, train_config, overwrite=args.overwrite, progress=not args.no_progress)
@@ -300,8 +298,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hvae_jax.experiment import evaluate_workdir
-
     results = evaluate_workdir(args.workdir)
     if results.get("interrupted"):
         print(f"note: the run stopped after epoch {results['epochs']}; these are the results of its best epoch so far")
@@ -311,8 +307,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from hvae_jax.data import sources
-
     if args.data_command == "list":
         for row in sources.list_datasets():
             status = "cached" if row.get("cached") else ("download" if row.get("downloadable") else "bring your own")
@@ -323,9 +317,93 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_recommend(args: argparse.Namespace) -> int:
-    from hvae_jax.recommend import recommend_cli
+def _parse_history_file(path: pathlib.Path) -> tuple[list[str], list[list[str]]]:
+    """(user ids, item-id lists) of a `user item item ...` file; blank and '#' lines are skipped."""
+    if not path.exists():
+        raise FileNotFoundError(f"--history {path}: no such file")
+    if not path.is_file():
+        raise IsADirectoryError(f"--history {path} is a folder: give a file with one line per user, "
+                                "'user item item ...'")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--history {path} is not UTF-8 text ({error.reason} at byte {error.start}): expected one "
+                         "line per user, 'user item item ...'") from None
+    users, histories = [], []
+    for line in text.splitlines():
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        users.append(tokens[0])
+        histories.append(tokens[1:])
+    if not users:
+        raise ValueError(f"{path}: no users; expected one line per user, 'user item item ...'")
+    return users, histories
 
+
+def _format_line(rank: int, recommendation: Recommendation) -> str:
+    title = f" ({recommendation.title})" if recommendation.title else ""
+    return f"{rank}. {recommendation.item_id}{title} {recommendation.score:.4f}"
+
+
+def recommend_cli(
+    workdir: str | pathlib.Path,
+    items: str | None,
+    history_file: str | None,
+    k: int = 20,
+    *,
+    export: str | None = None,
+    skip_unknown: bool = False,
+) -> str:
+    """What `hvae recommend` prints.
+
+    Args:
+      workdir: the run's directory.
+      items: comma-separated raw item ids of one user ("1,2,3"), or None.
+      history_file: a file with one line per user, `user item item ...` (whitespace separated), or None.
+      k: items per user.
+      export: a directory to write the embeddings and latents into (see `Recommender.export`), or None.
+      skip_unknown: skip unknown item ids with a warning instead of failing.
+
+    Returns:
+      For --items, lines `rank. item (title) score`; for --history, lines `user: rank. item (title) score`; then
+      the files exported.
+    """
+    if items is None and history_file is None and export is None:
+        raise ValueError("nothing to do: pass --items 1,2,3, --history FILE or --export DIR")
+    if items is not None and history_file is not None:
+        raise ValueError("pass either --items or --history, not both")
+    # Every argument is checked before the run is loaded.
+    if k < 1:
+        raise ValueError(f"-k {k}: ask for at least 1 item per user")
+    history = None
+    if items is not None:
+        history = [item.strip() for item in items.split(",") if item.strip()]
+        if not history:
+            raise ValueError(f"--items {items!r} names no items; expected comma-separated ids, e.g. 1,2,3")
+    parsed = _parse_history_file(pathlib.Path(history_file)) if history_file is not None else None
+    if export is not None:
+        export_folder(export)
+    recommender = Recommender.load(workdir)
+    on_unknown = "skip" if skip_unknown else "raise"
+    lines: list[str] = []
+    if history is not None:
+        if recommender.n_side_features:
+            raise ValueError("this model was trained with --user-features: an anonymous --items user has none; use "
+                             "--history FILE with user ids that the features file knows")
+        (ranked,) = recommender.recommend([history], k, on_unknown=on_unknown)
+        lines += [_format_line(rank, r) for rank, r in enumerate(ranked, 1)]
+    if parsed is not None:
+        users, histories = parsed
+        side = recommender.side_features_for(users) if recommender.n_side_features else None
+        for user, ranked in zip(users, recommender.recommend(histories, k, side_features=side, on_unknown=on_unknown)):
+            lines += [f"{user}: {_format_line(rank, r)}" for rank, r in enumerate(ranked, 1)]
+    if export is not None:
+        lines += [f"wrote {path}" for path in recommender.export(export)]
+    return "\n".join(lines)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
     if not args.items and not args.history and not args.export:
         raise UsageError("hvae recommend: nothing to do; give --items 1,2,3, --history FILE or --export DIR")
     print(recommend_cli(args.workdir, args.items, args.history, args.k, export=args.export,
@@ -334,8 +412,6 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from hvae_jax.plots import plot_cli
-
     if not args.workdir and not args.bench:
         raise UsageError("hvae plot: nothing to do; give --workdir DIR or --bench FILE")
     print(plot_cli(args.workdir, args.bench, args.out))
@@ -405,9 +481,7 @@ def _anticipated() -> tuple[type[BaseException], ...]:
     ValueError covers bad settings, `rundir.RunDirError` and the readers' `DataFormatError`; OSError missing,
     unreadable or misplaced files; FloatingPointError `train.DivergenceError`; MemoryError data too large for this
     machine."""
-    from hvae_jax.data.sources import SourceError
-
-    return ValueError, OSError, FloatingPointError, MemoryError, SourceError
+    return ValueError, OSError, FloatingPointError, MemoryError, sources.SourceError
 
 
 def _describe(error: BaseException) -> str:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from hvae_jax.models.hvae import draw_noise
 from hvae_jax.models.likelihoods import build_likelihood
-from hvae_jax.models.priors import PriorContext
+from hvae_jax.models.priors import PriorContext, build_prior
 
 
 class UserTerms(NamedTuple):
@@ -29,8 +29,6 @@ def needs_snapshot(model: nn.Module) -> bool:
 
 
 def _prior_of(model: nn.Module):
-    from hvae_jax.models.priors import build_prior
-
     return build_prior(model.config)
 
 

@@ -21,9 +21,12 @@ import scipy.sparse as sp
 
 from hvae_jax.checkpoint import Checkpoints, abstract_like
 from hvae_jax.configs import NEURAL_KINDS, model_config_from_dict
+from hvae_jax.data import sources
+from hvae_jax.data.batches import host_dense_rows
+from hvae_jax.data.features import read_user_features
+from hvae_jax.data.readers import read_titles
 from hvae_jax.evaluate import model_scorer
 from hvae_jax.input_paths import pad_columns
-from hvae_jax.data.batches import host_dense_rows
 from hvae_jax.models import baselines
 from hvae_jax.models.hvae import build_model, init_params
 from hvae_jax.rundir import RunDir
@@ -93,8 +96,6 @@ def find_titles(settings: Mapping[str, Any]) -> dict[str, str] | None:
     protocol, the training file) uses a `movies.csv`, `movies.dat` or `u.item` in the same folder. A titles file that
     cannot be read gives a warning and no titles rather than failing the recommendation.
     """
-    from hvae_jax.data import sources
-    from hvae_jax.data.readers import read_titles
 
     path = None
     data = settings.get("train_file") if settings.get("protocol") == "given" else settings.get("data")
@@ -217,8 +218,6 @@ class Recommender:
             if settings.get("item_shards"):
                 model_items = _padded_catalogue_size(run_dir)
             if settings.get("user_features"):
-                from hvae_jax.data.features import read_user_features
-
                 try:
                     n_side = read_user_features(settings["user_features"], train_user_ids[:1]).n_features
                 except FileNotFoundError as error:
@@ -435,7 +434,7 @@ class Recommender:
           The paths written.
         """
         self._require_neural("exports")
-        directory = _export_folder(directory)
+        directory = export_folder(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = []
 
@@ -465,8 +464,6 @@ class Recommender:
         training users (`reference_users`, default the saved split's) to match what training saw as closely as
         possible.
         """
-        from hvae_jax.data.features import read_user_features
-
         path = self.settings.get("user_features")
         if not path:
             raise ValueError("this model was trained without user features")
@@ -484,96 +481,10 @@ class Recommender:
 # Command line
 
 
-def _export_folder(directory: str | pathlib.Path) -> pathlib.Path:
+def export_folder(directory: str | pathlib.Path) -> pathlib.Path:
     """`directory` as a Path, refused (before anything is computed) when it names something that is not a folder."""
     directory = pathlib.Path(directory)
     if directory.exists() and not directory.is_dir():
         raise FileExistsError(f"--export {directory} is an existing file, not a folder: give a folder (new or "
                               "existing) for the .npy files")
     return directory
-
-
-def _parse_history_file(path: pathlib.Path) -> tuple[list[str], list[list[str]]]:
-    """(user ids, item-id lists) of a `user item item ...` file; blank and '#' lines are skipped."""
-    if not path.exists():
-        raise FileNotFoundError(f"--history {path}: no such file")
-    if not path.is_file():
-        raise IsADirectoryError(f"--history {path} is a folder: give a file with one line per user, "
-                                "'user item item ...'")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError as error:
-        raise ValueError(f"--history {path} is not UTF-8 text ({error.reason} at byte {error.start}): expected one "
-                         "line per user, 'user item item ...'") from None
-    users, histories = [], []
-    for line in text.splitlines():
-        tokens = line.split()
-        if not tokens or tokens[0].startswith("#"):
-            continue
-        users.append(tokens[0])
-        histories.append(tokens[1:])
-    if not users:
-        raise ValueError(f"{path}: no users; expected one line per user, 'user item item ...'")
-    return users, histories
-
-
-def _format_line(rank: int, recommendation: Recommendation) -> str:
-    title = f" ({recommendation.title})" if recommendation.title else ""
-    return f"{rank}. {recommendation.item_id}{title} {recommendation.score:.4f}"
-
-
-def recommend_cli(
-    workdir: str | pathlib.Path,
-    items: str | None,
-    history_file: str | None,
-    k: int = 20,
-    *,
-    export: str | None = None,
-    skip_unknown: bool = False,
-) -> str:
-    """What `hvae recommend` prints.
-
-    Args:
-      workdir: the run's directory.
-      items: comma-separated raw item ids of one user ("1,2,3"), or None.
-      history_file: a file with one line per user, `user item item ...` (whitespace separated), or None.
-      k: items per user.
-      export: a directory to write the embeddings and latents into (see `Recommender.export`), or None.
-      skip_unknown: skip unknown item ids with a warning instead of failing.
-
-    Returns:
-      For --items, lines `rank. item (title) score`; for --history, lines `user: rank. item (title) score`; then
-      the files exported.
-    """
-    if items is None and history_file is None and export is None:
-        raise ValueError("nothing to do: pass --items 1,2,3, --history FILE or --export DIR")
-    if items is not None and history_file is not None:
-        raise ValueError("pass either --items or --history, not both")
-    # Every argument is checked before the run is loaded.
-    if k < 1:
-        raise ValueError(f"-k {k}: ask for at least 1 item per user")
-    history = None
-    if items is not None:
-        history = [item.strip() for item in items.split(",") if item.strip()]
-        if not history:
-            raise ValueError(f"--items {items!r} names no items; expected comma-separated ids, e.g. 1,2,3")
-    parsed = _parse_history_file(pathlib.Path(history_file)) if history_file is not None else None
-    if export is not None:
-        _export_folder(export)
-    recommender = Recommender.load(workdir)
-    on_unknown = "skip" if skip_unknown else "raise"
-    lines: list[str] = []
-    if history is not None:
-        if recommender.n_side_features:
-            raise ValueError("this model was trained with --user-features: an anonymous --items user has none; use "
-                             "--history FILE with user ids that the features file knows")
-        (ranked,) = recommender.recommend([history], k, on_unknown=on_unknown)
-        lines += [_format_line(rank, r) for rank, r in enumerate(ranked, 1)]
-    if parsed is not None:
-        users, histories = parsed
-        side = recommender.side_features_for(users) if recommender.n_side_features else None
-        for user, ranked in zip(users, recommender.recommend(histories, k, side_features=side, on_unknown=on_unknown)):
-            lines += [f"{user}: {_format_line(rank, r)}" for rank, r in enumerate(ranked, 1)]
-    if export is not None:
-        lines += [f"wrote {path}" for path in recommender.export(export)]
-    return "\n".join(lines)

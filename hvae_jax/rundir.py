@@ -59,6 +59,8 @@ import zipfile
 import zlib
 from typing import Any, Mapping, NamedTuple
 
+from hvae_jax.data import splits as splits_lib
+
 try:
     import fcntl
 except ImportError:  # not POSIX: runs go unlocked
@@ -664,8 +666,6 @@ class RunDir(RunPaths):
           FileNotFoundError: `required` and no complete split is saved.
           RunDirError: split.json or split.npz is damaged (the message names it).
         """
-        from hvae_jax.data import splits as splits_lib
-
         if not self._complete_split(required):
             return None
         return self._read_split_arrays(splits_lib.load_split)
@@ -673,16 +673,12 @@ class RunDir(RunPaths):
     def split_ids(self):
         """(item ids [n_items], training user ids [n_train]) of the run's saved split, as strings, without reading
         its matrices. Raises as `load_split(required=True)` does."""
-        from hvae_jax.data import splits as splits_lib
-
         self._complete_split(required=True)
         return self._read_split_arrays(splits_lib.load_split_ids)
 
     def save_split(self, split) -> None:
         """Saves `split` (a `data.splits.Split`): split.npz replaced atomically, then split.json written last."""
         self._require_writable()
-        from hvae_jax.data import splits as splits_lib
-
         staging = pathlib.Path(tempfile.mkdtemp(prefix=".split.", suffix=".tmp", dir=self.path))
         try:
             splits_lib.save_split(split, staging, fingerprint_id(self.config["fingerprint"]["settings"]))

@@ -19,7 +19,8 @@ from hvae_jax.data import splits as splits_lib
 from hvae_jax.data.synthetic import synthetic_interactions
 from hvae_jax.experiment import RunSettings, run
 from hvae_jax.models.hvae import build_model, init_params
-from hvae_jax.recommend import Recommendation, Recommender, recommend_cli
+from hvae_jax.cli import recommend_cli
+from hvae_jax.recommend import Recommendation, Recommender
 
 N_ITEMS = 200
 LATENTS = (16, 8)
