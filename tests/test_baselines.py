@@ -13,10 +13,7 @@ from hvae_jax.models import baselines
 jax.config.update("jax_enable_x64", False)
 
 
-@pytest.fixture(autouse=True)
-def _strict_numerics():
-    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
-        yield
+pytestmark = pytest.mark.usefixtures("strict_numerics")
 
 
 def random_train(seed: int, n_users: int = 40, n_items: int = 9, density: float = 0.3) -> np.ndarray:

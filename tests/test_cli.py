@@ -14,11 +14,8 @@ import pytest
 from hvae_jax.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _standard_dtype_promotion():
-    # optax's Adam bias correction mixes a Python float with an int32 count (see tests/conftest.py).
-    with jax.numpy_dtype_promotion("standard"):
-        yield
+# optax's Adam bias correction mixes a Python float with an int32 count (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
 
 def _printed_config(capsys, *argv) -> dict:

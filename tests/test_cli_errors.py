@@ -14,11 +14,8 @@ from hvae_jax.cli import main
 TINY = ["--epochs", "2", "--latents", "8", "--hidden", "16", "--batch-size", "100", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _standard_dtype_promotion():
-    # optax's Adam bias correction mixes a Python float with an int32 count (see tests/conftest.py).
-    with jax.numpy_dtype_promotion("standard"):
-        yield
+# optax's Adam bias correction mixes a Python float with an int32 count (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
 
 @pytest.fixture(scope="module")

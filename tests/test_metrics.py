@@ -14,11 +14,8 @@ from hvae_jax import metrics
 jax.config.update("jax_enable_x64", False)
 
 
-@pytest.fixture(autouse=True)
-def _strict_numerics():
-    # Implicit dtype or rank promotion in the metric code would be a bug; make it raise here.
-    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
-        yield
+# Implicit dtype or rank promotion in the metric code would be a bug; make it raise here.
+pytestmark = pytest.mark.usefixtures("strict_numerics")
 
 
 def reference_metrics(scores, heldout, exclude, ks):

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_params
 
 from hvae_jax.configs import DAEConfig, TrainConfig
 from hvae_jax.configs import VAEConfig as ModelConfig
@@ -29,19 +30,6 @@ TOLERANCE = dict(rtol=2e-4, atol=2e-4)
 
 def to_numpy(params):
     return jax.tree.map(lambda leaf: np.asarray(leaf, np.float64), params)
-
-
-def random_params(model, seed: int, scale: float = 0.4):
-    """Parameters of `model` with every leaf drawn from N(0, scale^2), so biases matter as much as weights.
-
-    The tree's structure and shapes come from `init_params` traced abstractly (no compilation needed).
-    """
-    shapes = jax.eval_shape(lambda key: init_params(model, key=key), jax.random.key(0))
-    leaves, treedef = jax.tree.flatten(shapes)
-    rng = np.random.default_rng(seed)
-    return jax.tree.unflatten(
-        treedef, [jnp.asarray(rng.normal(0.0, scale, leaf.shape), leaf.dtype) for leaf in leaves]
-    )
 
 
 def np_log_softmax(logits):

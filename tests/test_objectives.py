@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_params
 from jax.test_util import check_grads
 
 from hvae_jax.configs import TrainConfig
 from hvae_jax.configs import VAEConfig as ModelConfig
-from hvae_jax.models.hvae import build_model, draw_noise, init_params
+from hvae_jax.models.hvae import build_model, draw_noise
 from hvae_jax.models.likelihoods import build_likelihood
 from hvae_jax.objectives import batch_loss, importance_weighted_bound, user_terms, weight_l2
 from hvae_jax.schedules import build_schedule
@@ -39,12 +40,6 @@ VAMP_LADDER = ModelConfig(latents=(6, 4), hidden=8, inference="ladder", prior="v
 MODELS = {"mult_vae": MULT_VAE, "vamp_ladder": VAMP_LADDER}
 
 
-def random_params(model, seed: int, scale: float = 0.4):
-    """Parameters of `model` with every leaf drawn from N(0, scale^2); shapes from `init_params` traced abstractly."""
-    shapes = jax.eval_shape(lambda key: init_params(model, key=key), jax.random.key(0))
-    leaves, treedef = jax.tree.flatten(shapes)
-    rng = np.random.default_rng(seed)
-    return jax.tree.unflatten(treedef, [jnp.asarray(rng.normal(0.0, scale, leaf.shape), leaf.dtype) for leaf in leaves])
 
 
 def random_users(seed: int, n_users: int, n_items: int = N_ITEMS, density: float = 0.3) -> np.ndarray:

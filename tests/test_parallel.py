@@ -19,11 +19,8 @@ from hvae_jax.train import fit, fit_ensemble
 MODEL = ModelConfig(latents=(8,), hidden=16)
 
 
-@pytest.fixture(autouse=True)
-def _standard_dtype_promotion():
-    # optax's Adam bias correction mixes a Python float with an int32 count (see tests/conftest.py).
-    with jax.numpy_dtype_promotion("standard"):
-        yield
+# optax's Adam bias correction mixes a Python float with an int32 count (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
 
 def _split():
