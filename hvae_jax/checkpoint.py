@@ -30,10 +30,16 @@ class Checkpoints:
         self._managers = {name: ocp.CheckpointManager(root / name, options=options) for name in ("latest", "best")}
 
     def save(self, name: str, epoch: int, state, record: dict) -> None:
-        """Saves `state` (any pytree of arrays) and the JSON-able `record` as checkpoint `name` at `epoch`."""
+        """Saves `state` (any pytree of arrays) and the JSON-able `record` as checkpoint `name` at `epoch`.
+
+        Asynchronous: the arrays are copied to the host before this returns (so the caller may donate them to the
+        next update), and written while training goes on. A `latest` save first waits for a pending `best` save,
+        so a `latest` record on disk never names a best epoch whose parameters are not on disk yet; a killed
+        process leaves the last finished checkpoint of each, as orbax finalises a checkpoint by renaming it."""
+        if name == "latest":
+            self._managers["best"].wait_until_finished()
         manager = self._managers[name]
         manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
-        manager.wait_until_finished()
 
     def latest_epoch(self, name: str) -> int | None:
         return self._managers[name].latest_step()
@@ -42,6 +48,7 @@ class Checkpoints:
         """(state, record) of checkpoint `name`, restored into the structure and shardings of `abstract_state`
         (e.g. from `jax.eval_shape`), or None when there is none."""
         manager = self._managers[name]
+        manager.wait_until_finished()
         epoch = manager.latest_step()
         if epoch is None:
             return None
@@ -51,8 +58,15 @@ class Checkpoints:
         )
         return restored["state"], restored["record"]
 
-    def close(self) -> None:
+    def wait(self) -> None:
+        """Blocks until every pending save is on disk (an interrupted loop calls this before it lets go)."""
         for manager in self._managers.values():
+            manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves, then releases the managers."""
+        for manager in self._managers.values():
+            manager.wait_until_finished()
             manager.close()
 
 

@@ -306,7 +306,10 @@ def fit(
     metrics_log = MetricsLog(run_paths, resume_epoch=resumed_from) if jax.process_index() == 0 else None
     loop_hooks = _default_hooks(setup, split, side, checkpoints, metrics_log, ks=ks, progress=progress, log=log,
                                 initial_epoch=loop.epoch)
-    state, clock = _run_epochs(setup, state, loop, loop_hooks, matrix, train_side, stop_after_epochs)
+    try:
+        state, clock = _run_epochs(setup, state, loop, loop_hooks, matrix, train_side, stop_after_epochs)
+    finally:
+        checkpoints.wait()  # an interrupt (Ctrl-C, a divergence) keeps every checkpoint already begun
     best_params = loop.best_params if loop.best_epoch is not None and loop.best_params is not None else (
         setup.evaluation_params(state))
     return FitResult(
