@@ -101,6 +101,11 @@ def configs_for(dataset: str, model: str, tag: str, seed: int, overrides: tuple[
     model_fields, train_fields = overrides or GRIDS.get(model, {}).get(tag, ({}, {}))
     model_config = dataclasses.replace(named.config, **_tuples(model_fields))
     train = {**dict(named.train), **BUDGET[dataset]}
+    if train_fields.get("schedule", dict(named.train).get("schedule")) == "alternating":
+        # A cycle of the alternating schedule is four epochs, one of them for the decoder: twice the cap and the
+        # patience leave room to converge (a two-level RecVAE still improved at its 192nd of 200 epochs on ml-1m).
+        train["epochs"] *= 2
+        train["early_stopping"] *= 2
     if "early_stopping" in dict(named.train):  # a method's own early-stopping rule (Kim & Suh) is kept
         train["early_stopping"] = dict(named.train)["early_stopping"]
         train["epochs"] = dict(named.train).get("epochs", train["epochs"])
