@@ -106,7 +106,7 @@ def configs_for(dataset: str, model: str, tag: str, seed: int, overrides: tuple[
         # patience leave room to converge (a two-level RecVAE still improved at its 192nd of 200 epochs on ml-1m).
         train["epochs"] *= 2
         train["early_stopping"] *= 2
-    if "early_stopping" in dict(named.train):  # a method's own early-stopping rule (Kim & Suh) is kept
+    if "early_stopping_from" in dict(named.train):  # a method's own early-stopping rule (Kim & Suh) is kept
         train["early_stopping"] = dict(named.train)["early_stopping"]
         train["epochs"] = dict(named.train).get("epochs", train["epochs"])
     if model_config.kind == "dae":

@@ -31,7 +31,9 @@ def test_flags_override_config_file_which_overrides_preset(tmp_path, capsys):
     assert resolved["train"]["learning_rate"] == 0.002  # file beats preset
     assert resolved["train"]["total_anneal_steps"] == 200_000  # preset beats defaults
     assert resolved["model"]["latents"] == [64, 32]
-    assert resolved["model"]["prior"] == "vamp"  # `model = "hvae"` brings the H+Vamp defaults
+    # `model = "hvae"` brings the hierarchical model's defaults: RecVAE's encoder and prior on two levels
+    assert (resolved["model"]["prior"], resolved["model"]["encoder"]) == ("composite", "densenet")
+    assert resolved["train"]["schedule"] == "alternating"
     assert resolved["settings"]["data"] == "ml-20m"
 
 
