@@ -80,6 +80,8 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
     },
     "hvae": {
         "default": ({}, {}),
+        "avg": ({}, dict(average_decay=0.998)),
+        "lr1e-3-avg": ({}, dict(learning_rate=1e-3, average_decay=0.998)),
     },
 }
 
