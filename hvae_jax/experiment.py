@@ -512,6 +512,9 @@ def _neural_results(settings: RunSettings, model_config, train_config: TrainConf
         train_seconds=fitted.train_seconds + fitted.compile_seconds,
         compile_seconds=fitted.compile_seconds,
         train_users_per_second=fitted.users_per_second,
+        # A resumed run's timings above are this session's; these count every session's epochs.
+        resumed_from_epoch=fitted.resumed_from,
+        train_seconds_all_sessions=sum(row.get("train_seconds", 0.0) for row in fitted.history),
     )
     if model_config.kind == "vae" and fitted.catalogue is not None:
         log("item-sharded run: latent diagnostics and the importance-weighted bound need dense rows; skipped")

@@ -336,3 +336,19 @@ def test_export_onto_a_file_is_refused_before_anything_is_written(recommender, t
     with pytest.raises(FileExistsError, match="is an existing file, not a folder"):
         recommender.export(target)
     assert target.read_bytes() == b"keep"
+
+
+def test_a_continued_run_reports_every_sessions_training_time(tmp_path, data_dir):
+    """Continuing a run to more epochs: its results count all sessions' epochs, and say where it resumed."""
+    settings = RunSettings(data=str(data_dir / "ratings.csv"), workdir=str(tmp_path), ks=(20, 100))
+    model = VAEConfig(latents=(16,), hidden=32)
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam (see _train)
+        first = run(settings, model, TrainConfig(epochs=2, batch_size=200, anneal_epochs=5, seed=1), progress=False,
+                    log=_quiet)
+        second = run(settings, model, TrainConfig(epochs=3, batch_size=200, anneal_epochs=5, seed=1), progress=False,
+                     log=_quiet)
+    assert first["resumed_from_epoch"] is None and second["resumed_from_epoch"] == 2
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert second["train_seconds_all_sessions"] == pytest.approx(sum(row["train_seconds"] for row in history))
+    assert second["train_seconds_all_sessions"] > second["train_seconds"]  # this session ran epoch 3 only
