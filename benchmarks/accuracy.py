@@ -9,6 +9,8 @@ benchmarks/results/runs/, so tables are rebuilt without retraining.
                                                                                       # setting, the other seeds
   python -m benchmarks.accuracy table --datasets ml-1m,lastfm,ml-latest-small,amazon-book --out benchmarks/results/hierarchy-table
   python -m benchmarks.accuracy plan                                                  # what is still to run
+  python -m benchmarks.accuracy run --datasets lastfm --settings-from ml-1m           # one setting per model: the
+                                                                                      # one ml-1m's validation chose
 
 Selection never looks at test metrics: for each (data set, model) the setting with the best validation NDCG@100 under
 the first seed is chosen, and the table reports that setting's test metrics as the mean and spread over the seeds,
@@ -49,8 +51,9 @@ SEEDS = (1, 2, 3)  # the first one selects
 # data sets get more epochs (few updates per epoch); amazon-book fewer (each epoch is 50,595 users).
 BUDGET = {
     "ml-1m": dict(epochs=200, early_stopping=40),
-    "lastfm": dict(epochs=300, early_stopping=60),
-    "ml-latest-small": dict(epochs=600, early_stopping=120),
+    # On the small sets an epoch is one to three updates: the latest checkpoint every 10 epochs, not every epoch.
+    "lastfm": dict(epochs=300, early_stopping=60, checkpoint_every=10),
+    "ml-latest-small": dict(epochs=600, early_stopping=120, checkpoint_every=10),
     "ml-100k": dict(epochs=300, early_stopping=60),
     # Its checkpoints are ~0.4 GB (parameters and Adam's moments): the latest one every 5 epochs.
     "amazon-book": dict(epochs=100, early_stopping=15, checkpoint_every=5),
@@ -168,7 +171,12 @@ def cmd_run(args) -> None:
     workroot = pathlib.Path(args.workroot)
     for dataset in args.datasets.split(","):
         for model in args.models.split(","):
-            if args.stage == "select":
+            if args.stage == "select" and args.settings_from:
+                # One setting per model, the one chosen on another data set's validation users: the same budget
+                # (one) for every model, and nothing of this data set's held-out users seen in choosing it.
+                tag = selected_tag(args.settings_from, model) or tags_of(model)[0]
+                jobs = [(tag, SEEDS[0])]
+            elif args.stage == "select":
                 jobs = [(tag, SEEDS[0]) for tag in (args.tags.split(",") if args.tags else tags_of(model))]
             else:
                 tag = selected_tag(dataset, model)
@@ -270,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         if name == "run":
             command.add_argument("--stage", choices=("select", "seeds"), default="select")
             command.add_argument("--tags", help="only these settings (stage select)")
+            command.add_argument("--settings-from", metavar="DATASET",
+                                 help="train only the setting chosen on DATASET's validation (stage select)")
             command.add_argument("--workroot", default=str(ROOT / "runs" / "accuracy"))
             command.add_argument("--force", action="store_true", help="rerun even if the record exists")
         if name == "table":
