@@ -1,0 +1,150 @@
+"""The benchmark scripts run on the current API and report what they promise. No timing is asserted anywhere:
+only that every part runs, and that the figures are present, finite and consistent.
+
+The quick suite (`bash benchmarks/gpu.sh DIR --quick`: every benchmark at small sizes on CPU) takes 10-30 minutes
+on a 2-core machine, too long for the default suite: `HVAE_JAX_BENCH_SUITE=1 python -m pytest tests/test_benchmarks.py`
+runs it. The FLOP counts, the run specs, the report and the JAX runner are checked in every run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import flops, report, runners
+from hvae_jax.configs import MODELS
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_flop_counts_match_liang_multvae_by_hand():
+    config = MODELS["multvae"].config
+    items, batch = 20_108, 500
+    dense = flops.flops_breakdown(config, items, batch, training=True)
+    # [I-600-200-600-I]: the first layer has no input gradient (2 matmuls), every other layer 3.
+    assert dense["first_layer"] == 2 * 2 * items * 600 * batch
+    assert dense["output_layer"] == 3 * 2 * 600 * items * batch
+    assert dense["other_layers"] == 3 * 2 * (600 * 400 + 200 * 600) * batch
+    assert dense["prior_pass"] == 0 and dense["snapshot_encoder"] == 0
+    evaluation = flops.flops_per_step(config, items, batch, training=False)
+    assert evaluation == 2 * (items * 600 + 600 * 400 + 200 * 600 + 600 * items) * batch
+
+
+def test_executed_flops_count_the_sparse_first_layer_by_interactions():
+    config = MODELS["multvae"].config
+    dense = flops.flops_breakdown(config, 20_108, 500, training=True)
+    executed = flops.flops_breakdown(config, 20_108, 500, training=True, nnz_per_user=73.0)
+    assert executed["first_layer"] == 2 * 2 * 73.0 * 600 * 500
+    assert executed["output_layer"] == dense["output_layer"]  # the log-sum-exp needs every logit
+
+
+@pytest.mark.parametrize("name", ["hvae-vamp", "hvamp"])
+def test_vamp_prior_pass_is_counted_once_per_step(name):
+    config = runners.model_config(name)
+    small = flops.flops_breakdown(config, 3_706, 100, training=True)
+    large = flops.flops_breakdown(config, 3_706, 1_000, training=True)
+    assert small["prior_pass"] > 0 and small["prior_pass"] == large["prior_pass"]
+    assert flops.flops_breakdown(config, 3_706, 100, training=False)["prior_pass"] == 0
+
+
+def test_recvae_phases_differ_in_their_gradients():
+    config = MODELS["recvae"].config
+    encoder = flops.flops_breakdown(config, 20_108, 500, training=True, phase="encoder")
+    decoder = flops.flops_breakdown(config, 20_108, 500, training=True, phase="decoder")
+    assert decoder["first_layer"] < encoder["first_layer"]  # no weight gradient for the encoder's first layer
+    assert encoder["snapshot_encoder"] == decoder["snapshot_encoder"] > 0
+
+
+@pytest.mark.parametrize("name", runners.NEURAL_MODELS)
+def test_every_benchmarked_model_has_a_training_config(name):
+    train = runners.train_config(name, 500)
+    assert train.batch_size == 500
+    alternating = name in ("recvae", "hvae")  # RecVAE and the two-level model in its style
+    assert runners.schedule_phases(name) == (("encoder", "decoder") if alternating else ("joint",))
+    assert runners.torch_unsupported(runners.model_config("multvae")) is None
+
+
+def test_report_table_shows_skipped_runs_and_the_prior_probe():
+    run = dict(model="hvae", label="hvae", shape="tiny", batch_size=500, phase="train", users_per_second=100.0,
+               compile_seconds=1.0, peak_memory_bytes=2**20, roofline_fraction=0.1, executed_roofline_fraction=0.2,
+               update_seconds=0.5, prior_pass_seconds_per_update=0.2, prior_pass_fraction_of_update=0.4,
+               prior_pass_share_of_dense_flops=0.5, prior_pass_share_of_executed_flops=0.6)
+    results = {"device": "cpu", "date": "today", "precision": "float32", "matmul_flops_per_second": 1e9,
+               "runs": [dict(run, framework="jax"),
+                        dict(model="hvamp", label="hvamp", shape="tiny", batch_size=500, phase="train",
+                             framework="torch", users_per_second=None, skipped="not implemented")]}
+    table = report.markdown_table(results)
+    assert "n/a" in table and "not implemented" in table and "| hvae | tiny | 500 | 500.0 | 200.0 | 40% |" in table
+
+
+@pytest.mark.usefixtures("standard_dtype_promotion")  # optax's Adam (see conftest.py)
+def test_jax_runner_trains_and_probes_the_prior_in_process(tmp_path):
+    from benchmarks.synthetic_shapes import SHAPES, make_shape, split_heldout
+
+    train = make_shape(SHAPES["tiny"], seed=0, n_users=300)
+    fold_in, heldout = split_heldout(make_shape(SHAPES["tiny"], seed=1, n_users=200), seed=0)
+    runners.save_csr(str(tmp_path / "train.npz"), train=train)
+    runners.save_csr(str(tmp_path / "eval.npz"), fold_in=fold_in, heldout=heldout)
+    common = dict(framework="jax", shape="tiny", batch_size=100, precision="float32", updates=1, repeats=1,
+                  train_path=str(tmp_path / "train.npz"), eval_path=str(tmp_path / "eval.npz"))
+    spec = runners.RunSpec(model="hvae-vamp", phase="train", prior_probe=True, **common)
+    measured = runners.run_jax(spec, train)
+    assert measured.users_per_second > 0 and measured.extra["input_path"] == "dense"
+    assert 0 < measured.extra["prior_pass_fraction_of_update"] and math.isfinite(
+        measured.extra["prior_pass_fraction_of_update"])
+    decoder = runners.run_jax(runners.RunSpec(model="recvae", phase="train", schedule_phase="decoder", **common), train)
+    assert decoder.extra["schedule_phase"] == "decoder"
+    evaluated = runners.run_jax(runners.RunSpec(model="multvae", phase="eval", **common), train)
+    assert evaluated.users_per_second > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("HVAE_JAX_BENCH_SUITE") != "1",
+                    reason="the whole benchmark suite at small sizes takes 10-30 minutes on 2 cores; "
+                           "HVAE_JAX_BENCH_SUITE=1 runs it")
+def test_gpu_script_quick_mode_runs_every_part_on_cpu(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, BENCH_BUDGET_SECONDS="5400", JAX_PLATFORMS="cpu")
+    completed = subprocess.run(["bash", "benchmarks/gpu.sh", str(tmp_path), "--quick"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=6000)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (path,) = tmp_path.glob("suite-*-quick.json")
+    suite = json.loads(path.read_text())
+    assert {part: status["returncode"] for part, status in suite["part_status"].items()} == dict.fromkeys(
+        ("throughput", "hierarchical", "end_to_end", "scaling", "huge_catalogue"), 0)
+    assert path.with_suffix(".md").read_text().strip() and path.with_suffix(".png").exists()
+
+    throughput = suite["parts"]["throughput"]["runs"]
+    assert {(run["framework"], run["phase"]) for run in throughput} == {
+        (framework, phase) for framework in runners.FRAMEWORKS for phase in ("train", "eval")}
+    assert all(run["users_per_second"] > 0 and run["executed_roofline_fraction"] > 0 for run in throughput)
+
+    hierarchical = suite["parts"]["hierarchical"]["runs"]
+    jax_rows = {run["label"]: run for run in hierarchical if run["framework"] == "jax"}
+    assert set(jax_rows) == {"hvae (encoder)", "hvae (decoder)", "hvae-vamp", "hvamp", "recvae (encoder)",
+                             "recvae (decoder)"}
+    assert all(run["users_per_second"] > 0 for run in jax_rows.values())
+    for name in ("hvae-vamp", "hvamp"):
+        assert 0 < jax_rows[name]["prior_pass_fraction_of_update"]
+    for run in hierarchical:
+        if run["framework"] != "jax":
+            assert run.get("users_per_second") or run.get("skipped"), run
+
+    end_to_end = suite["parts"]["end_to_end"]["runs"]
+    assert [run["framework"] for run in end_to_end] == list(runners.FRAMEWORKS)
+    for run in end_to_end:
+        phases = run["phases_seconds"]
+        assert {"data_to_device", "setup", "compile", "train", "Validation", "Checkpointing", "test"} <= set(phases)
+        assert all(value >= 0 for value in phases.values())
+
+    scaling = suite["parts"]["scaling"]["points"]
+    assert {point["axis"] for point in scaling} == {"catalogue", "batch", "levels", "ensemble"}
+    assert all(point.get("users_per_second", 0) > 0 and point["peak_memory_bytes"] >= 0 for point in scaling)
+
+    huge = suite["parts"]["huge_catalogue"]
+    assert huge["loss_is_finite"] and huge["layout"]["n_padded"] >= huge["n_items"]
