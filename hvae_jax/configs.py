@@ -430,109 +430,108 @@ class Preset:
     doc: str = ""
 
 
-def _presets() -> dict[str, Preset]:
-    liang_data = (("data", "ml-20m"), ("min_rating", 3.5), ("heldout_users", 10_000))
-    ml1m = (("data", "../shared/data/ml-1m-implicit"), ("format", "adjacency"), ("heldout_users", 600))
-    # amazon-book's interactions.txt (KGAT's train + test merged per user) under Liang et al.'s ML-20M protocol sizes.
-    amazon_book = (("data", "../shared/data/amazon-book/interactions.txt"), ("format", "adjacency"),
-                   ("heldout_users", 10_000))
-    presets = [
-        Preset(
-            "liang-multvae-ml20m",
-            VAEConfig(name="multvae", latents=(200,), hidden=600, input_dropout=0.5),
-            TrainConfig(epochs=200, batch_size=500, learning_rate=1e-3, beta_cap=0.2, total_anneal_steps=200_000),
-            liang_data,
-            """Mult-VAE [I-600-200-600-I] of Liang et al. (WWW 2018) on ML-20M, strong generalization.
+# Data settings of the presets.
+_LIANG_DATA = (("data", "ml-20m"), ("min_rating", 3.5), ("heldout_users", 10_000))
+_ML1M = (("data", "../shared/data/ml-1m-implicit"), ("format", "adjacency"), ("heldout_users", 600))
+# amazon-book's interactions.txt (KGAT's train + test merged per user) under Liang et al.'s ML-20M protocol sizes.
+_AMAZON_BOOK = (("data", "../shared/data/amazon-book/interactions.txt"), ("format", "adjacency"),
+                ("heldout_users", 10_000))
 
-            Command: hvae train --preset liang-multvae-ml20m --workdir runs/multvae-ml20m
-            Published (their Table 2): Recall@20 0.395, Recall@50 0.537, NDCG@100 0.426.""",
-        ),
-        Preset(
-            "liang-multdae-ml20m",
-            DAEConfig(name="multdae", latents=(200,), input_dropout=0.5),
-            # The reference notebook passes lam = 0.01 / batch_size and adds 2 * lam * ||W||^2 / 2.
-            TrainConfig(epochs=200, batch_size=500, learning_rate=1e-3, weight_decay=0.01 / 500),
-            liang_data,
-            """Mult-DAE [I-200-I] of Liang et al. (WWW 2018) on ML-20M, strong generalization.
+_PRESET_LIST = [
+    Preset(
+        "liang-multvae-ml20m",
+        VAEConfig(name="multvae", latents=(200,), hidden=600, input_dropout=0.5),
+        TrainConfig(epochs=200, batch_size=500, learning_rate=1e-3, beta_cap=0.2, total_anneal_steps=200_000),
+        _LIANG_DATA,
+        """Mult-VAE [I-600-200-600-I] of Liang et al. (WWW 2018) on ML-20M, strong generalization.
 
-            Command: hvae train --preset liang-multdae-ml20m --workdir runs/multdae-ml20m
-            Published: Recall@20 0.387, Recall@50 0.524, NDCG@100 0.419.""",
-        ),
-        Preset(
-            "kimsuh-hvamp-gated-ml20m",
-            KIMSUH_HVAMP,
-            TrainConfig(**dict(KIMSUH_TRAIN)),
-            liang_data,
-            """H+Vamp (Gated) of Kim & Suh (RecSys 2019) on ML-20M, as their published code trains it: two 200-d
-            levels, two gated layers of 600 per network, separate input branches with their own dropout, 1000
-            pseudo-inputs through the encoder's dropout, one-sample KL, He initialisation; Adam on unit-norm
-            gradients, lr 5e-4, batch 200, beta warmed up to 0.3 over 100 epochs, up to 400 epochs, early stopping
-            after 50 epochs without improvement (not before epoch 100).
+        Command: hvae train --preset liang-multvae-ml20m --workdir runs/multvae-ml20m
+        Published (their Table 2): Recall@20 0.395, Recall@50 0.537, NDCG@100 0.426.""",
+    ),
+    Preset(
+        "liang-multdae-ml20m",
+        DAEConfig(name="multdae", latents=(200,), input_dropout=0.5),
+        # The reference notebook passes lam = 0.01 / batch_size and adds 2 * lam * ||W||^2 / 2.
+        TrainConfig(epochs=200, batch_size=500, learning_rate=1e-3, weight_decay=0.01 / 500),
+        _LIANG_DATA,
+        """Mult-DAE [I-200-I] of Liang et al. (WWW 2018) on ML-20M, strong generalization.
 
-            Command: hvae train --preset kimsuh-hvamp-gated-ml20m --workdir runs/hvamp-ml20m
-            Published: Recall@20 0.413, Recall@50 0.551, NDCG@100 0.445.""",
-        ),
-        Preset(
-            "recvae-ml20m",
-            RECVAE,
-            TrainConfig(**dict(RECVAE_TRAIN)),
-            liang_data,
-            """RecVAE (Shenbin et al., WSDM 2020) on ML-20M with the settings of the authors' code: hidden 600,
-            latent 200, a 5-layer densely connected encoder with layer norm and swish, a linear decoder, the
-            composite prior (weights 3/20, 3/4, 1/10 on N(0, I), the previous encoder's posterior and N(0, e^10)),
-            beta_u = 0.005 |x_u|, Adam 5e-4, batch 500, 50 cycles of 3 encoder epochs (dropout 0.5) and 1 decoder
-            epoch (no dropout).
+        Command: hvae train --preset liang-multdae-ml20m --workdir runs/multdae-ml20m
+        Published: Recall@20 0.387, Recall@50 0.524, NDCG@100 0.419.""",
+    ),
+    Preset(
+        "kimsuh-hvamp-gated-ml20m",
+        KIMSUH_HVAMP,
+        TrainConfig(**dict(KIMSUH_TRAIN)),
+        _LIANG_DATA,
+        """H+Vamp (Gated) of Kim & Suh (RecSys 2019) on ML-20M, as their published code trains it: two 200-d
+        levels, two gated layers of 600 per network, separate input branches with their own dropout, 1000
+        pseudo-inputs through the encoder's dropout, one-sample KL, He initialisation; Adam on unit-norm
+        gradients, lr 5e-4, batch 200, beta warmed up to 0.3 over 100 epochs, up to 400 epochs, early stopping
+        after 50 epochs without improvement (not before epoch 100).
 
-            Command: hvae train --preset recvae-ml20m --workdir runs/recvae-ml20m
-            Published: Recall@20 0.414, Recall@50 0.553, NDCG@100 0.442.""",
-        ),
-        Preset(
-            "hvae-ml1m",
-            HVAE,
-            TrainConfig(**dict(HVAE_TRAIN)),
-            ml1m,
-            """`--model hvae` (two 200-d levels in RecVAE's style) on ml-1m-implicit, 600 validation and 600 test
-            users, as the README's hierarchy table runs it.
+        Command: hvae train --preset kimsuh-hvamp-gated-ml20m --workdir runs/hvamp-ml20m
+        Published: Recall@20 0.413, Recall@50 0.551, NDCG@100 0.445.""",
+    ),
+    Preset(
+        "recvae-ml20m",
+        RECVAE,
+        TrainConfig(**dict(RECVAE_TRAIN)),
+        _LIANG_DATA,
+        """RecVAE (Shenbin et al., WSDM 2020) on ML-20M with the settings of the authors' code: hidden 600,
+        latent 200, a 5-layer densely connected encoder with layer norm and swish, a linear decoder, the
+        composite prior (weights 3/20, 3/4, 1/10 on N(0, I), the previous encoder's posterior and N(0, e^10)),
+        beta_u = 0.005 |x_u|, Adam 5e-4, batch 500, 50 cycles of 3 encoder epochs (dropout 0.5) and 1 decoder
+        epoch (no dropout).
 
-            Command: hvae train --preset hvae-ml1m --workdir runs/hvae-ml1m
-            Ours (benchmarks/results/runs/ml-1m/hvae--default--seed1.json, training seed 1): test NDCG@100 0.4848.""",
-        ),
-        Preset(
-            "hvae-amazon-book",
-            HVAE,
-            TrainConfig(**dict(HVAE_TRAIN)),
-            amazon_book,
-            """`--model hvae` on ../shared/data/amazon-book (70,679 users, 24,915 items), strong generalization with
-            10,000 validation and 10,000 test users as Liang et al. used for ML-20M (`python -m benchmarks.accuracy
-            run --datasets amazon-book` trains every model of the comparison on this split).
+        Command: hvae train --preset recvae-ml20m --workdir runs/recvae-ml20m
+        Published: Recall@20 0.414, Recall@50 0.553, NDCG@100 0.442.""",
+    ),
+    Preset(
+        "hvae-ml1m",
+        HVAE,
+        TrainConfig(**dict(HVAE_TRAIN)),
+        _ML1M,
+        """`--model hvae` (two 200-d levels in RecVAE's style) on ml-1m-implicit, 600 validation and 600 test
+        users, as the README's hierarchy table runs it.
 
-            Command: hvae train --preset hvae-amazon-book --workdir runs/hvae-amazon-book
-            Not run to completion here: an epoch is 50,595 training users x 24,910 items (see README).""",
-        ),
-        Preset(
-            "multvae-ml1m",
-            VAEConfig(name="multvae", latents=(200,), hidden=600),
-            TrainConfig(epochs=100, batch_size=500, learning_rate=1e-3, beta_cap=0.2, total_anneal_steps=None),
-            ml1m,
-            """Mult-VAE on the ml-1m-implicit adjacency list (600 validation and 600 test users, seed 98765).
+        Command: hvae train --preset hvae-ml1m --workdir runs/hvae-ml1m
+        Ours (benchmarks/results/runs/ml-1m/hvae--default--seed1.json, training seed 1): test NDCG@100 0.4848.""",
+    ),
+    Preset(
+        "hvae-amazon-book",
+        HVAE,
+        TrainConfig(**dict(HVAE_TRAIN)),
+        _AMAZON_BOOK,
+        """`--model hvae` on ../shared/data/amazon-book (70,679 users, 24,915 items), strong generalization with
+        10,000 validation and 10,000 test users as Liang et al. used for ML-20M (`python -m benchmarks.accuracy
+        run --datasets amazon-book` trains every model of the comparison on this split).
 
-            Command: hvae train --preset multvae-ml1m --workdir runs/multvae-ml1m
-            Reference (shared/data/README.md, an independent implementation): test NDCG@100 about 0.453.""",
-        ),
-        Preset(
-            "multvae-ml1m-averaged",
-            VAEConfig(name="multvae", latents=(200,), hidden=600),
-            TrainConfig(epochs=100, batch_size=500, learning_rate=3e-3, beta_cap=0.2, total_anneal_steps=None,
-                        average_decay=0.998),
-            ml1m,
-            """The same Mult-VAE and data, with the training settings chosen on validation NDCG@100: Adam 3e-3 and the
-            parameters' running average (decay 0.998, debiased) validated and reported.
+        Command: hvae train --preset hvae-amazon-book --workdir runs/hvae-amazon-book
+        Not run to completion here: an epoch is 50,595 training users x 24,910 items (see README).""",
+    ),
+    Preset(
+        "multvae-ml1m",
+        VAEConfig(name="multvae", latents=(200,), hidden=600),
+        TrainConfig(epochs=100, batch_size=500, learning_rate=1e-3, beta_cap=0.2, total_anneal_steps=None),
+        _ML1M,
+        """Mult-VAE on the ml-1m-implicit adjacency list (600 validation and 600 test users, seed 98765).
 
-            Command: hvae train --preset multvae-ml1m-averaged --workdir runs/multvae-ml1m-averaged
-            Ours (benchmarks/results/multvae-ml1m-sweep.md): test NDCG@100 0.4699 with seed 98765.""",
-        ),
-    ]
-    return {preset.name: preset for preset in presets}
+        Command: hvae train --preset multvae-ml1m --workdir runs/multvae-ml1m
+        Reference (shared/data/README.md, an independent implementation): test NDCG@100 about 0.453.""",
+    ),
+    Preset(
+        "multvae-ml1m-averaged",
+        VAEConfig(name="multvae", latents=(200,), hidden=600),
+        TrainConfig(epochs=100, batch_size=500, learning_rate=3e-3, beta_cap=0.2, total_anneal_steps=None,
+                    average_decay=0.998),
+        _ML1M,
+        """The same Mult-VAE and data, with the training settings chosen on validation NDCG@100: Adam 3e-3 and the
+        parameters' running average (decay 0.998, debiased) validated and reported.
 
+        Command: hvae train --preset multvae-ml1m-averaged --workdir runs/multvae-ml1m-averaged
+        Ours (benchmarks/results/multvae-ml1m-sweep.md): test NDCG@100 0.4699 with seed 98765.""",
+    ),
+]
 
-PRESETS: dict[str, Preset] = _presets()
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in _PRESET_LIST}

@@ -207,19 +207,9 @@ def fetch(
         if finished is not None:
             return finished
         resolved_url = _resolve_url(source, url)
-        digest = None
-        if target.is_file():
-            digest = _sha256_of_file(target)
-            if source.sha256 is not None and digest != source.sha256:
-                # A stale or damaged copy (or one placed by hand from elsewhere): replace it with a fresh download.
-                warnings.warn(
-                    f"{target} has SHA-256 {digest}, expected {source.sha256}; downloading it again",
-                    stacklevel=2,
-                )
-                digest = None
+        digest = _cached_archive_digest(target, source)
         if digest is None:
             digest = _download(resolved_url, target, source, progress=progress, timeout=timeout)
-
         if source.sha256 is None:
             warnings.warn(
                 f"No published SHA-256 for {source.archive}; accepted it unchecked with SHA-256 {digest} "
@@ -228,6 +218,18 @@ def fetch(
                 stacklevel=2,
             )
         return _extract(source, target, extracted, digest=digest, url=resolved_url, limits=limits)
+
+
+def _cached_archive_digest(target: Path, source: DatasetSource) -> str | None:
+    """The SHA-256 of the archive already at `target` when it may be used as it is, else None (download it)."""
+    if not target.is_file():
+        return None
+    digest = _sha256_of_file(target)
+    if source.sha256 is not None and digest != source.sha256:
+        # A stale or damaged copy (or one placed by hand from elsewhere): replace it with a fresh download.
+        warnings.warn(f"{target} has SHA-256 {digest}, expected {source.sha256}; downloading it again", stacklevel=3)
+        return None
+    return digest
 
 
 def _finished_extraction(extracted: Path, source: DatasetSource) -> Path | None:
