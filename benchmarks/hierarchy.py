@@ -4,6 +4,7 @@ default. Records go to benchmarks/results/runs/<data set>/hvae--<candidate>--see
 
   python -m benchmarks.hierarchy ablate --datasets ml-1m [--candidates name,...]
   python -m benchmarks.hierarchy table --datasets ml-1m --out benchmarks/results/hierarchy-ablation
+  python -m benchmarks.hierarchy curves --datasets ml-1m     # benchmarks/results/curves-ml-1m.png
 """
 
 from __future__ import annotations
@@ -79,6 +80,51 @@ def cmd_table(args) -> None:
         out.with_suffix(".md").write_text(table + "\n")
 
 
+def cmd_curves(args) -> None:
+    """Learning curves of recorded runs, one PNG per data set: validation NDCG@100, training NLL and KL per level
+    against the epoch (what explains a hierarchy that wins or loses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.accuracy import RUNS
+
+    for dataset in args.datasets.split(","):
+        paths = sorted((RUNS / dataset).glob(f"*--seed{SEEDS[0]}.json"))
+        records = [json.loads(path.read_text()) for path in paths]
+        records = [r for r in records if r["model"] not in ("ease", "popularity") and
+                   (not args.runs or f"{r['model']}--{r['tag']}" in args.runs.split(","))]
+        if not records:
+            print(f"{dataset}: no neural runs recorded")
+            continue
+        figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+        for index, record in enumerate(records):
+            color = f"C{index}"
+            label = f"{record['model']} ({record['tag']})"
+            history = record["history"]
+            validated = [row for row in history if row.get("valid_ndcg@100") is not None]
+            axes[0].plot([row["epoch"] for row in validated], [row["valid_ndcg@100"] for row in validated],
+                         label=label, color=color)
+            axes[1].plot([row["epoch"] for row in history], [row["nll"] for row in history], label=label, color=color)
+            for level in range(len(history[0].get("kl") or [])):
+                axes[2].plot([row["epoch"] for row in history], [row["kl"][level] for row in history], color=color,
+                             linestyle=("-", "--", ":")[level % 3], label=f"{label} level {level + 1}")
+        for axis, title in zip(axes, ("validation NDCG@100", "training NLL (per user, with dropout)",
+                                      "KL per level (nats per user)")):
+            axis.set_title(title)
+            axis.set_xlabel("epoch")
+            axis.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        axes[2].legend(fontsize=6)
+        figure.suptitle(f"{dataset}, training seed {SEEDS[0]} (benchmarks/results/runs/{dataset}/)")
+        figure.tight_layout()
+        out = pathlib.Path(args.out_dir) / f"curves-{dataset}.png"
+        figure.savefig(out, dpi=110)
+        plt.close(figure)
+        print(f"wrote {out} ({len(records)} runs)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("--datasets", default="ml-1m")
     table.add_argument("--out")
     table.set_defaults(handler=cmd_table)
+    curves = commands.add_parser("curves")
+    curves.add_argument("--datasets", default="ml-1m")
+    curves.add_argument("--runs", help="model--tag,... (default: every neural run of the selection seed)")
+    curves.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    curves.set_defaults(handler=cmd_curves)
     args = parser.parse_args(argv)
     args.handler(args)
 
