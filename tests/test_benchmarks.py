@@ -148,3 +148,28 @@ def test_gpu_script_quick_mode_runs_every_part_on_cpu(tmp_path):
 
     huge = suite["parts"]["huge_catalogue"]
     assert huge["loss_is_finite"] and huge["layout"]["n_padded"] >= huge["n_items"]
+
+
+@pytest.mark.parametrize("tag", ["vamp-gated-avg", "recvae-2level"])
+def test_hierarchy_candidates_reproduce_their_recorded_configs(tag):
+    """A recorded accuracy run can be re-run: its candidate still builds the model and train configs it recorded."""
+    import dataclasses
+
+    from benchmarks.accuracy import configs_for, run_path
+    from benchmarks.hierarchy import CANDIDATES
+    from hvae_jax.configs import model_config_to_dict
+
+    record = json.loads(run_path("ml-1m", "hvae", tag, 1).read_text())
+    _, model, train = configs_for("ml-1m", "hvae", tag, 1, CANDIDATES[tag])
+    as_json = lambda fields: json.loads(json.dumps(fields))  # tuples as lists, as the record stores them
+    # separate_heads came after these runs; its default is what they ran
+    assert as_json(model_config_to_dict(model)) == {"separate_heads": False, **record["model_config"]}
+    assert as_json(dataclasses.asdict(train)) == record["train_config"]
+
+
+def test_the_named_hvae_is_the_ablations_winner():
+    from benchmarks.accuracy import configs_for
+    from benchmarks.hierarchy import CANDIDATES
+
+    assert configs_for("ml-1m", "hvae", "default", 1)[1:] == configs_for("ml-1m", "hvae", "recvae-2level", 1,
+                                                                         CANDIDATES["recvae-2level"])[1:]
