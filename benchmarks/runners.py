@@ -15,8 +15,12 @@ size.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import pathlib
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -145,6 +149,32 @@ def torch_unsupported(config) -> str | None:
                                  or config.decoder_layers != 1 or config.prior not in ("standard", "vamp")):
         return "this PyTorch reference implements shared-branch MLP encoders with the standard or VampPrior only"
     return None
+
+
+def run_module_worker(module: str, arguments: list[str], timeout: float, *, code: pathlib.Path | None = None,
+                      env: dict[str, str] | None = None) -> tuple[dict | None, str | None]:
+    """Runs `python -m <module> <arguments>` in a fresh process (from the `code` snapshot when given) and returns
+    (the JSON of its `RESULT ` line, None), or (None, why there is none).
+
+    The process gets no GPU memory preallocation, quiet TensorFlow-style logs, `env` on top, and sleeping OpenMP
+    waiters unless the caller's environment says otherwise: PyTorch's spinning waiters collapse its CPU throughput
+    (2-5x, erratic) whenever other processes share the cores.
+    """
+    environment = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    environment.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if code is not None:
+        environment["PYTHONPATH"] = str(code)
+    command = [sys.executable, "-m", module, *arguments]
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment,
+                                   cwd=code or pathlib.Path(__file__).resolve().parents[1])
+    except subprocess.TimeoutExpired:
+        return None, f"worker timed out after {timeout:.0f} s"
+    for line in completed.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):]), None
+    tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
+    return None, f"worker exited with {completed.returncode}: {' | '.join(tail)[-800:]}"
 
 
 def load_csr(path: str, prefix: str) -> sp.csr_matrix:

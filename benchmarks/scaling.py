@@ -31,7 +31,6 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -235,19 +234,8 @@ def worker_main(point_json: str) -> None:
 
 
 def run_worker(point: Point, timeout: float, code: pathlib.Path | None) -> tuple[dict | None, str | None]:
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="2")
-    if code is not None:
-        env["PYTHONPATH"] = str(code)
-    command = [sys.executable, "-m", "benchmarks.scaling", "--worker", json.dumps(dataclasses.asdict(point))]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=code or pathlib.Path(__file__).resolve().parents[1])
-    except subprocess.TimeoutExpired:
-        return None, f"worker timed out after {timeout:.0f} s"
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):]), None
-    return None, f"exit {done.returncode}: {' | '.join(done.stderr.strip().splitlines()[-4:])[-800:]}"
+    return runners.run_module_worker("benchmarks.scaling", ["--worker", json.dumps(dataclasses.asdict(point))],
+                                     timeout, code=code)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -208,24 +208,11 @@ def run_worker_process(
     `compile_cache`: a directory for PyTorch's inductor and Triton caches, so that compile times are those of this run
     (a cache warmed by earlier runs on the machine would hide them); JAX's persistent cache is off by default.
     """
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="2")
+    env = {}
     if compile_cache is not None:
-        env["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache / "inductor")
-        env["TRITON_CACHE_DIR"] = str(compile_cache / "triton")
-    # PyTorch's OpenMP threads spin while waiting by default, which collapses its CPU throughput (2-5x, erratic)
-    # whenever other processes share the cores; sleeping waiters keep it stable. Only set when the caller has not.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    command = [sys.executable, "-m", "benchmarks.throughput", *arguments]
-    try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
-                                   cwd=code or pathlib.Path(__file__).resolve().parents[1])
-    except subprocess.TimeoutExpired:
-        return None, f"worker timed out after {timeout:.0f} s"
-    for line in completed.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):]), None
-    tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
-    return None, f"worker exited with {completed.returncode}: {' | '.join(tail)[-800:]}"
+        env = {"TORCHINDUCTOR_CACHE_DIR": str(compile_cache / "inductor"),
+               "TRITON_CACHE_DIR": str(compile_cache / "triton")}
+    return runners.run_module_worker("benchmarks.throughput", arguments, timeout, code=code, env=env)
 
 
 def worker_main(spec_json: str) -> None:
