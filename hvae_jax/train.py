@@ -489,8 +489,9 @@ def fit_ensemble(
     stopping = hooks.EarlyStopping(train.early_stopping, every=train.eval_every, start=train.early_stopping_from,
                                    log=lambda message: None)
     clock = _Clock()
+    all_stopped = False
     for epoch in tqdm(range(1, train.epochs + 1), desc=f"ensemble x{len(seeds)}", disable=not progress):
-        if members[0].stopped_early:
+        if all_stopped:
             break
         start = time.perf_counter()
         phase = setup.schedule.phase_of(epoch)
@@ -511,6 +512,8 @@ def fit_ensemble(
             clock.timed_epochs += 1
         clock.epochs += 1
         for m, loop in enumerate(members):
+            if loop.stopped_early:
+                continue  # where `fit` would have stopped: its best and its history stay as they were
             member_metrics = jax.tree.map(lambda leaf: leaf[:, m], metrics)
             check_finite(member_metrics, epoch, int(states.step[m]))
             member_state = jax.tree.map(lambda leaf: leaf[m], states)
@@ -520,8 +523,7 @@ def fit_ensemble(
             for hook in ([validation, keep_best, stopping] if validation is not None else []):
                 hook.after_epoch(loop)
             loop.history.append(loop.row)
-        if validation is not None and all(loop.stopped_early for loop in members):
-            members[0].stopped_early = True
+        all_stopped = validation is not None and all(loop.stopped_early for loop in members)
     params = [jax.tree.map(lambda leaf: leaf[m], states.params) for m in range(len(seeds))]
     return EnsembleResult(
         model=setup.model,
@@ -536,7 +538,7 @@ def fit_ensemble(
         best_epochs=[loop.best_epoch for loop in members],
         best_validations=[loop.best_validation for loop in members],
         histories=[loop.history for loop in members],
-        stopped_early=bool(members[0].stopped_early),
+        stopped_early=all_stopped,
     )
 
 

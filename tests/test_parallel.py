@@ -61,6 +61,23 @@ def test_validated_ensemble_members_keep_the_best_epoch_fit_keeps(tmp_path):
             row["epoch"] for row in alone.history if "valid" in row]
 
 
+
+def test_an_ensemble_member_that_stops_early_does_not_stop_the_others(tmp_path):
+    # Alone, seed 2 stops early at epoch 7 and seed 1 at epoch 10 (best epochs 5 and 8): with seed 2 as the first
+    # member, the ensemble must train on until seed 1 stops too, and keep seed 2 as it was when it stopped.
+    split = _split()
+    train = TrainConfig(epochs=14, batch_size=64, steps_per_dispatch=3, learning_rate=3e-3, early_stopping=2)
+    ensemble = fit_ensemble(MODEL, train, split, (2, 1), progress=False)
+    for m, seed in enumerate((2, 1)):
+        alone = fit(MODEL, TrainConfig(**{**train.__dict__, "seed": seed}), split, tmp_path / f"s{seed}",
+                    progress=False, log=lambda message: None)
+        assert alone.stopped_early
+        assert ensemble.best_epochs[m] == alone.best_epoch
+        assert [row["epoch"] for row in ensemble.histories[m]] == [row["epoch"] for row in alone.history]
+        assert _max_difference(alone.best_params, ensemble.best_params[m]) < 1e-6
+    assert ensemble.best_epochs[0] != ensemble.best_epochs[1]  # the members did stop at different epochs
+    assert ensemble.stopped_early
+
 DATA_PARALLEL_SCRIPT = textwrap.dedent(
     """
     import json, sys
