@@ -224,9 +224,10 @@ def _paired_ratio(row: dict, reference: dict) -> float:
     mine, theirs = by_seed(row), by_seed(reference)
     if len(theirs) == 1 and MODELS[reference["model"]].config.kind in ("ease", "popularity"):
         theirs = dict.fromkeys(mine, next(iter(theirs.values())))
-    common = sorted(set(mine) & set(theirs)) or None
-    pick = (lambda values, seeds: [values[s] for s in seeds]) if common else (lambda values, _: list(values.values()))
-    return statistics.mean(pick(mine, common)) / statistics.mean(pick(theirs, common))
+    common = set(mine) & set(theirs)
+    if common:
+        mine, theirs = ({seed: values[seed] for seed in common} for values in (mine, theirs))
+    return statistics.mean(mine.values()) / statistics.mean(theirs.values())
 
 
 def markdown(rows: list[dict]) -> str:
