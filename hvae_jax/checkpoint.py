@@ -16,7 +16,10 @@ from hvae_jax.rundir import RunPaths
 class Checkpoints:
     """The `latest` and `best` checkpoints of a run.
 
-    In a multi-host run every process opens them (orbax's primary process writes, the others wait).
+    In a multi-host run every process opens them (orbax's primary process writes, the others wait), and saves are
+    synchronous: orbax's asynchronous saves meet across processes with collective-based barriers on a background
+    thread, which orbax warns must not run beside other collectives, as the training steps would (a two-process
+    test run that hung once in CI most likely met).
 
     Args:
       run: the run directory: its path, or the `RunDir` that opened it.
@@ -26,7 +29,8 @@ class Checkpoints:
 
     def __init__(self, run: str | pathlib.Path | RunPaths, *, create: bool = True):
         root = RunPaths.of(run).checkpoints_dir.resolve()
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=create)
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=create,
+                                               enable_async_checkpointing=jax.process_count() == 1)
         self._managers = {name: ocp.CheckpointManager(root / name, options=options) for name in ("latest", "best")}
 
     def save(self, name: str, epoch: int, state, record: dict) -> None:

@@ -137,7 +137,7 @@ TRAIN_FLAGS = (
     Flag("--early-stopping-from", "train", "early_stopping_from", int,
          "epochs before this one never count towards early stopping"),
     Flag("--eval-every", "train", "eval_every", int, "validate every N epochs"),
-    Flag("--checkpoint-every", "train", "checkpoint_every", int, "write the latest checkpoint every N epochs (1)"),
+    Flag("--checkpoint-every", "train", "checkpoint_every", int, "write the latest checkpoint every N epochs (default: every 200 updates or more)"),
     Flag("--steps-per-dispatch", "train", "steps_per_dispatch", int, "updates per jitted scan call"),
     Flag("--seed", "train", "seed", int, "seed of initialisation, shuffling and noise"),
     Flag("--input-path", "train", "input_path", str, "first layer as dense matmul or sparse gather (auto)",
@@ -293,7 +293,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     results = run(settings, model_config, train_config, overwrite=args.overwrite, progress=not args.no_progress)
     print(format_results_table(results))
-    print(f"results written to {pathlib.Path(settings.workdir) / 'results.json'}")
+    import jax  # noqa: PLC0415 (loaded by `run` already)
+
+    if not settings.distributed or jax.process_index() == 0:  # only a multi-host run's first process writes
+        print(f"results written to {pathlib.Path(settings.workdir) / 'results.json'}")
     return 0
 
 

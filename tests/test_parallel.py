@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -143,15 +144,27 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
     base["JAX_PLATFORMS"] = "cpu"
     distributed_dir = tmp_path / "two_processes"
     env = dict(base, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES="2")
+    # Output to files, not pipes (a full pipe would stall a process, and its peer with it); on a hang both
+    # processes are killed and both outputs shown.
+    outputs = [tmp_path / f"process{index}.log" for index in (0, 1)]
     processes = [
         subprocess.Popen([sys.executable, "-c", RUN_CLI, *TRAIN_ARGS, "--distributed", "on", "--workdir",
                           str(distributed_dir)], env=dict(env, JAX_PROCESS_ID=str(index)),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for index in (0, 1)
+                         stdout=output.open("w"), stderr=subprocess.STDOUT, text=True)
+        for index, output in zip((0, 1), outputs)
     ]
-    for process in processes:
-        _, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stderr[-3000:]
+    deadline = time.monotonic() + 420
+    try:
+        for process in processes:
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        for process in processes:
+            process.kill()
+            process.wait()
+        pytest.fail("the two processes did not finish in 420 s:\n" + "\n".join(
+            f"--- process {index}:\n{output.read_text()[-3000:]}" for index, output in enumerate(outputs)))
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output.read_text()[-3000:]
     single_dir = tmp_path / "one_process"
     completed = subprocess.run(
         [sys.executable, "-c", RUN_CLI, *TRAIN_ARGS, "--workdir", str(single_dir)],
