@@ -11,6 +11,7 @@ import time
 from typing import Any, Iterator, Mapping
 
 from hvae_jax.rundir import RunPaths
+from hvae_jax.tensorboard_events import EventFileWriter
 
 
 def flatten_scalars(row: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
@@ -83,8 +84,6 @@ class MetricsLog:
         self._writer = None
         self._tensorboard = tensorboard
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
             log_dir = self._log_dir
             if resume_epoch is None and log_dir.is_dir():
                 for old in log_dir.glob("events.out.tfevents.*"):
@@ -92,8 +91,7 @@ class MetricsLog:
             purge = None if resume_epoch is None else resume_epoch + 1
             # The nanosecond suffix keeps a resumed writer from reusing (and overwriting) an event file opened in
             # the same second, and sorts the files of one second in writing order.
-            self._writer = SummaryWriter(str(log_dir), purge_step=purge, flush_secs=30,
-                                         filename_suffix=f".{time.time_ns()}")
+            self._writer = EventFileWriter(log_dir, purge_step=purge, suffix=f".{time.time_ns()}")
         self._file = self.path.open("a")
 
     def _truncate_after(self, epoch: int) -> None:
@@ -125,20 +123,11 @@ class MetricsLog:
         self._file.flush()
         self._rows_written += 1
         if self._writer is not None:
-            from tensorboardX.proto.summary_pb2 import Summary
-
             step = int(row.get("epoch", self._rows_written))
-            values = [
-                Summary.Value(tag=tag, simple_value=value) for tag, value in flatten_scalars(row) if tag != "epoch"
-            ]
-            # One summary per row, written directly: SummaryWriter.add_scalar would rename `ndcg@100` to `ndcg_100`
-            # (TensorFlow op-name rules that TensorBoard tags do not need).
-            self._writer._get_file_writer().add_summary(Summary(value=values), step)
+            self._writer.add_scalars(((tag, value) for tag, value in flatten_scalars(row) if tag != "epoch"), step)
 
     def flush(self) -> None:
-        self._file.flush()
-        if self._writer is not None:
-            self._writer.flush()
+        self._file.flush()  # the event file is flushed after every row already
 
     def close(self) -> None:
         """Flushes and closes the JSON file and the TensorBoard writer; safe to call twice."""

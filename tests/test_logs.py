@@ -125,3 +125,26 @@ def test_fresh_log_replaces_and_resumed_log_keeps_up_to_the_checkpoint(tmp_path)
         metrics_log.write({"epoch": 1, "loss": 1.0})
     assert (tmp_path / "metrics.jsonl").read_text().splitlines() == ['{"epoch": 1, "loss": 1.0}']
     assert read_scalars(tmp_path / "tensorboard")["loss"] == [(1, 1.0)]
+
+
+def test_crc32c_matches_the_standard_check_value():
+    from hvae_jax.tensorboard_events import crc32c
+
+    # The CRC catalogue's check value of CRC-32C over the ASCII digits 1-9, and the bitwise reference above.
+    assert crc32c(b"123456789") == 0xE3069283
+    payload = bytes(range(256)) * 3
+    assert crc32c(payload) == _crc32c(payload)
+
+
+def test_a_run_with_tensorboard_imports_no_torch(tmp_path):
+    # tensorboardX imports torch (seconds at every start); the library writes its event files itself.
+    import subprocess
+    import sys
+
+    script = ("import sys; from hvae_jax.logs import MetricsLog\n"
+              f"log = MetricsLog({str(tmp_path)!r}); log.write({{'epoch': 1, 'loss': 2.0}}); log.close()\n"
+              "print(sorted(name for name in ('torch', 'tensorboardX') if name in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "[]"
+    assert read_scalars(tmp_path / "tensorboard")["loss"] == [(1, 2.0)]
