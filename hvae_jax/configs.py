@@ -204,6 +204,16 @@ class PopularityConfig:
 ModelConfig = Union[VAEConfig, DAEConfig, EASEConfig, PopularityConfig]
 CONFIG_CLASSES: dict[str, type] = {cls.kind: cls for cls in (VAEConfig, DAEConfig, EASEConfig, PopularityConfig)}
 NEURAL_KINDS = ("vae", "dae")
+# `TrainConfig.checkpoint_every=None`: the updates between two `latest` checkpoints, at least. One orbax write costs
+# about as much as 100-300 updates of Mult-VAE at the ml-1m shape on 2 CPU cores (benchmarks/end_to_end.py).
+CHECKPOINT_UPDATES = 200
+
+
+def checkpoint_interval(checkpoint_every: int | None, steps_per_epoch: int) -> int:
+    """Epochs between two `latest` checkpoints: `checkpoint_every`, or by `CHECKPOINT_UPDATES` when None."""
+    if checkpoint_every is not None:
+        return checkpoint_every
+    return max(1, -(-CHECKPOINT_UPDATES // max(1, steps_per_epoch)))
 
 
 def is_neural(config) -> bool:
@@ -267,7 +277,9 @@ class TrainConfig:
       early_stopping_from: epochs before this one never count towards early stopping (Kim & Suh: the warm-up).
       eval_every: validate every this many epochs.
       checkpoint_every: write the `latest` checkpoint every this many epochs (and at the end); `best` is kept
-        exactly whatever this is.
+        exactly whatever this is. None: every epoch that ends at least `CHECKPOINT_UPDATES` updates after the last
+        checkpoint (ML-20M at batch 500: every epoch; ml-1m: every 20), so that writing checkpoints stays a small
+        part of a run however short its epochs are.
       steps_per_dispatch: updates fused into one jitted lax.scan call.
       seed: the run's seed; params, shuffling and noise all derive from it.
       average_decay: validate, keep and report a debiased exponential moving average of the parameters (avg <- d
@@ -295,7 +307,7 @@ class TrainConfig:
     early_stopping: int | None = None
     early_stopping_from: int = 0
     eval_every: int = 1
-    checkpoint_every: int = 1
+    checkpoint_every: int | None = None
     steps_per_dispatch: int = 64
     seed: int = 98765
     average_decay: float = 0.0
@@ -334,7 +346,7 @@ class TrainConfig:
             raise ValueError(f"input_path must be 'auto', 'dense' or 'sparse', got {self.input_path!r}")
         if not 0.0 <= finite("average_decay") < 1.0:
             raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
-        if self.steps_per_dispatch <= 0 or self.eval_every <= 0 or self.checkpoint_every <= 0:
+        if self.steps_per_dispatch <= 0 or self.eval_every <= 0 or (self.checkpoint_every or 1) <= 0:
             raise ValueError("steps_per_dispatch, eval_every and checkpoint_every must be positive")
         if self.encoder_epochs <= 0 or self.decoder_epochs <= 0:
             raise ValueError("encoder_epochs and decoder_epochs must be positive")

@@ -409,16 +409,27 @@ def run(
             try:
                 fitted = _fit(settings, model_config, train_config, split, side, run_dir, log=log, progress=progress)
             except DivergenceError as error:
-                raise DivergenceError(
-                    f"{error}. {run_dir.path} keeps the checkpoints of the epochs before: `hvae evaluate --workdir "
-                    f"{run_dir.path}` reports them; to train with other settings, pass --overwrite or a new --workdir"
-                ) from None
+                raise DivergenceError(f"{error}. {_checkpoint_left(run_dir)}; to train with other settings, pass "
+                                      "--overwrite or a new --workdir") from None
             results.update(_neural_results(settings, model_config, train_config, split, side, fitted, log=log))
         else:
             results.update(_baseline_results(model_config, split, log))
         if primary:
             run_dir.write_results(results)
     return results
+
+
+def _checkpoint_left(run_dir: RunDir) -> str:
+    """What a run that stopped on an error left to evaluate or resume."""
+    checkpoints = Checkpoints(run_dir, create=False)
+    try:
+        epoch = checkpoints.latest_epoch("latest")
+    finally:
+        checkpoints.close()
+    if epoch is None:
+        return (f"{run_dir.path} holds no checkpoint yet (it writes one every --checkpoint-every epochs, by default "
+                "every 200 updates or more)")
+    return f"{run_dir.path} keeps the checkpoint of epoch {epoch}: `hvae evaluate --workdir {run_dir.path}` reports it"
 
 
 def run_config(settings: RunSettings, model_config, train_config: TrainConfig) -> dict:

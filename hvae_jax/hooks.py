@@ -118,10 +118,11 @@ class Validation(Hook):
 
 
 class KeepBest(Hook):
-    """Keeps the parameters of the best validated epoch (by `metric`) in memory and in the `best` checkpoint."""
+    """Keeps the parameters of the best validated epoch (by `metric`) in memory; `Checkpointing` writes them to the
+    `best` checkpoint beside each `latest` one."""
 
-    def __init__(self, checkpoints: Checkpoints | None, metric: str = VALIDATION_METRIC):
-        self.checkpoints, self.metric = checkpoints, metric
+    def __init__(self, metric: str = VALIDATION_METRIC):
+        self.metric = metric
 
     def after_epoch(self, loop):
         validation = loop.row.get("valid")
@@ -131,9 +132,6 @@ class KeepBest(Hook):
             loop.best_epoch, loop.best_metric, loop.best_validation = loop.epoch, validation[self.metric], validation
             loop.epochs_without_improvement = 0
             loop.best_params = jax.tree.map(jnp.copy, loop.evaluation_params)
-            if self.checkpoints is not None:
-                self.checkpoints.save("best", loop.epoch, loop.best_params,
-                                      {"epoch": loop.epoch, "validation": validation})
         else:
             loop.epochs_without_improvement += 1
 
@@ -174,7 +172,11 @@ class MetricsLogging(Hook):
 
 class Checkpointing(Hook):
     """Writes the `latest` checkpoint (training state and the loop's record) every `every` epochs and at the end,
-    so an interrupted run resumes from it exactly."""
+    so an interrupted run resumes from it exactly, and before it the `best` parameters when a better epoch was
+    validated since the last write.
+
+    `best` goes to disk with `latest` rather than at every improvement: a checkpoint costs as much as a few
+    hundred updates of a small model, and a resumed run needs only the `best` that its `latest` record names."""
 
     def __init__(self, checkpoints: Checkpoints, *, every: int, last_epoch: int):
         self.checkpoints, self.every, self.last_epoch = checkpoints, every, last_epoch
@@ -185,6 +187,10 @@ class Checkpointing(Hook):
             self.save(loop)
 
     def save(self, loop):
+        best_on_disk = self.checkpoints.latest_epoch("best")
+        if loop.best_params is not None and loop.best_epoch not in (None, best_on_disk):
+            self.checkpoints.save("best", loop.best_epoch, loop.best_params,
+                                  {"epoch": loop.best_epoch, "validation": loop.best_validation})
         self.checkpoints.save("latest", loop.epoch, loop.state, loop.record())
         self.saved_epoch = loop.epoch
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from hvae_jax import hooks, input_paths, parallel
 from hvae_jax.checkpoint import Checkpoints, abstract_like
+from hvae_jax.configs import checkpoint_interval
 from hvae_jax.data.batches import epoch_order, to_device
 from hvae_jax.data.splits import Split
 from hvae_jax.evaluate import DEFAULT_KS
@@ -133,10 +134,14 @@ class TrainSetup:
 
     def init_state(self, n_side_features: int = 0, *, key: jax.Array | None = None) -> TrainState:
         """The initial state (from the run's init key unless `key` is given), placed on the path's devices."""
-        params = init_params(self.model, n_side_features, key=self.keys.init if key is None else key)
-        snapshot = jax.tree.map(jnp.copy, params) if self.uses_snapshot else None
-        state = TrainState(jnp.zeros((), jnp.int32), params, self.optimizer.init(params), snapshot)
-        return self.path.place(state)
+        def initial_state(key):
+            params = init_params(self.model, n_side_features, key=key)
+            snapshot = jax.tree.map(jnp.copy, params) if self.uses_snapshot else None
+            return TrainState(jnp.zeros((), jnp.int32), params, self.optimizer.init(params), snapshot)
+
+        # One compiled program: run op by op, the initialisers and the optimizer's zeros cost a dispatch (and a
+        # first-time compilation) each, twice the time of compiling them together.
+        return self.path.place(jax.jit(initial_state)(self.keys.init if key is None else key))
 
     def evaluation_params(self, state: TrainState):
         """The parameters to validate and report: the debiased running average with `average_decay`."""
@@ -419,13 +424,14 @@ def _default_hooks(setup: TrainSetup, split: Split, side: dict, checkpoints: Che
                 setup.path.eval_step(ks), split.valid, every=train.eval_every, last_epoch=train.epochs,
                 side=side.get("valid"), path=setup.path, with_active_units=setup.model_config.kind == "vae",
             ),
-            hooks.KeepBest(checkpoints),
+            hooks.KeepBest(),
             hooks.EarlyStopping(train.early_stopping, every=train.eval_every, start=train.early_stopping_from,
                                 log=log),
         ]
     loop_hooks += [
         hooks.MetricsLogging(metrics_log),
-        hooks.Checkpointing(checkpoints, every=train.checkpoint_every, last_epoch=train.epochs),
+        hooks.Checkpointing(checkpoints, every=checkpoint_interval(train.checkpoint_every, setup.steps_per_epoch),
+                            last_epoch=train.epochs),
         hooks.Progress(total=train.epochs, initial=initial_epoch, desc=f"train {setup.model_config.label}",
                        enabled=progress),
     ]
@@ -485,7 +491,7 @@ def fit_ensemble(
     if validate and split.valid is not None:
         validation = hooks.Validation(setup.path.eval_step(ks), split.valid, every=train.eval_every,
                                       last_epoch=train.epochs)
-    keep_best = hooks.KeepBest(None)
+    keep_best = hooks.KeepBest()
     stopping = hooks.EarlyStopping(train.early_stopping, every=train.eval_every, start=train.early_stopping_from,
                                    log=lambda message: None)
     clock = _Clock()

@@ -234,7 +234,9 @@ def test_evaluate_completes_the_results_of_an_interrupted_run(finished_run, tiny
     workdir = tmp_path / "interrupted"
     with monkeypatch.context() as patch:
         patch.setattr(hooks.Checkpointing, "after_epoch", interrupt_after_epoch_1)
-        assert main(["train", "--data", str(tiny_data), *TINY, "--workdir", str(workdir)]) == 130
+        # Checkpoints every epoch: by default this run's few updates would leave its first checkpoint at the end.
+        assert main(["train", "--data", str(tiny_data), *TINY, "--checkpoint-every", "1", "--workdir",
+                     str(workdir)]) == 130
     assert not (workdir / "results.json").exists()
     capsys.readouterr()
     assert main(["evaluate", "--workdir", str(workdir)]) == 0
@@ -247,7 +249,7 @@ def test_evaluate_completes_the_results_of_an_interrupted_run(finished_run, tiny
     assert len(results["kl_per_level"]) == 1 and 0.0 < results["test"]["ndcg@100"] < 1.0
     assert results["baselines"]["popularity"] == finished["baselines"]["popularity"]
     # The same command resumes the run and finishes it.
-    assert main(["train", "--data", str(tiny_data), *TINY, "--workdir", str(workdir)]) == 0
+    assert main(["train", "--data", str(tiny_data), *TINY, "--checkpoint-every", "1", "--workdir", str(workdir)]) == 0
     resumed = json.loads((workdir / "results.json").read_text())
     assert resumed["epochs"] == 2 and resumed["interrupted"] is False
 

@@ -232,3 +232,39 @@ def test_fit_in_a_run_dir_writes_where_it_says_and_equals_fit_in_a_path(split, b
     assert [int(p.name) for p in (run.checkpoints_dir / "latest").iterdir() if p.name.isdigit()] == [TRAIN.epochs]
     assert len(run.metrics_path.read_text().splitlines()) == TRAIN.epochs
     assert list(run.tensorboard_dir.glob("events.out.tfevents.*"))
+
+
+def test_checkpoint_interval_by_updates():
+    from hvae_jax.configs import CHECKPOINT_UPDATES, checkpoint_interval
+
+    assert CHECKPOINT_UPDATES == 200
+    assert checkpoint_interval(None, 10) == 20  # ml-1m at batch 500: 10 updates per epoch
+    assert checkpoint_interval(None, 233) == 1  # ML-20M at batch 500
+    assert checkpoint_interval(None, 150) == 2
+    assert checkpoint_interval(None, 1) == 200
+    assert checkpoint_interval(3, 10) == 3  # given: kept as given
+
+
+def test_best_goes_to_disk_with_latest_and_a_resumed_run_keeps_it(split, tmp_path, monkeypatch):
+    from hvae_jax.checkpoint import Checkpoints
+
+    train = dataclasses.replace(TRAIN, epochs=6, checkpoint_every=4, learning_rate=3e-3)
+    whole = fit(MODEL, train, split, tmp_path / "whole", progress=False, log=lambda _: None)
+    saved: list[tuple[str, int]] = []
+    save = Checkpoints.save
+    monkeypatch.setattr(Checkpoints, "save", lambda self, name, epoch, *rest: (saved.append((name, epoch)),
+                                                                               save(self, name, epoch, *rest)))
+    fit(MODEL, train, split, tmp_path / "parts", progress=False, log=lambda _: None, stop_after_epochs=5)
+    # `latest` at epoch 4 (every 4) and 5 (where the run stopped); `best` only just before them, when it changed.
+    assert [epoch for name, epoch in saved if name == "latest"] == [4, 5]
+    assert all(name == "latest" or saved[i + 1][0] == "latest" for i, (name, _) in enumerate(saved))
+    checkpoints = Checkpoints(tmp_path / "parts", create=False)
+    try:
+        _, record = checkpoints.restore("latest", None)
+        assert checkpoints.latest_epoch("best") == record["best"]["epoch"]
+    finally:
+        checkpoints.close()
+    resumed = fit(MODEL, train, split, tmp_path / "parts", progress=False, log=lambda _: None)
+    assert without_timings(resumed.history) == without_timings(whole.history)
+    assert resumed.best_epoch == whole.best_epoch
+    assert_trees_equal(resumed.best_params, whole.best_params)
