@@ -611,8 +611,9 @@ def _restore_fit(run_dir: RunDir, settings: RunSettings, model_config, train_con
         latest = checkpoints.restore("latest", None)
         best = checkpoints.restore("best", abstract_like(params_shape))
         if latest is None and best is None:
-            raise FileNotFoundError(f"no checkpoint in {run_dir.checkpoints_dir}: the run stopped before finishing "
-                                    "an epoch; run the same `hvae train` command to train it")
+            raise FileNotFoundError(f"no checkpoint in {run_dir.checkpoints_dir}: the run stopped before its first "
+                                    "checkpoint (written every 200 updates or more, or every --checkpoint-every "
+                                    "epochs); run the same `hvae train` command to train it")
         if best is None:
             log("no best checkpoint (no validation users?): evaluating the latest parameters")
             state = setup.init_state(n_side)
