@@ -99,7 +99,7 @@ class TrainSetup:
     batch_size: int
     steps_per_epoch: int
     uses_snapshot: bool
-    _chunks: dict = dataclasses.field(default_factory=dict, repr=False)
+    _chunks: dict = dataclasses.field(default_factory=dict, repr=False)  # jitted programs, built on first use
 
     @classmethod
     def build(
@@ -134,14 +134,17 @@ class TrainSetup:
 
     def init_state(self, n_side_features: int = 0, *, key: jax.Array | None = None) -> TrainState:
         """The initial state (from the run's init key unless `key` is given), placed on the path's devices."""
-        def initial_state(key):
-            params = init_params(self.model, n_side_features, key=key)
-            snapshot = jax.tree.map(jnp.copy, params) if self.uses_snapshot else None
-            return TrainState(jnp.zeros((), jnp.int32), params, self.optimizer.init(params), snapshot)
+        # One compiled program (built once per side-feature width, so an ensemble's members share it): run op by
+        # op, the initialisers and the optimizer's zeros cost a dispatch and a first-time compilation each, twice
+        # the time of compiling them together.
+        if ("init", n_side_features) not in self._chunks:
+            def initial_state(key):
+                params = init_params(self.model, n_side_features, key=key)
+                snapshot = jax.tree.map(jnp.copy, params) if self.uses_snapshot else None
+                return TrainState(jnp.zeros((), jnp.int32), params, self.optimizer.init(params), snapshot)
 
-        # One compiled program: run op by op, the initialisers and the optimizer's zeros cost a dispatch (and a
-        # first-time compilation) each, twice the time of compiling them together.
-        return self.path.place(jax.jit(initial_state)(self.keys.init if key is None else key))
+            self._chunks["init", n_side_features] = jax.jit(initial_state)
+        return self.path.place(self._chunks["init", n_side_features](self.keys.init if key is None else key))
 
     def evaluation_params(self, state: TrainState):
         """The parameters to validate and report: the debiased running average with `average_decay`."""
