@@ -132,3 +132,54 @@ def test_host_dense_rows_pads_the_last_batch():
     np.testing.assert_array_equal(real, [True, True, True, False, False])
     np.testing.assert_array_equal(dense[:3], matrix[8:11].toarray())
     np.testing.assert_array_equal(dense[3:], 0.0)
+
+
+def test_power_of_two_at_least():
+    assert [batches.power_of_two_at_least(n) for n in (0, 1, 2, 3, 4, 5, 1000, 1024, 1025)] == [
+        1, 1, 2, 4, 4, 8, 1024, 1024, 2048]
+
+
+def test_padded_indices_change_no_row():
+    matrix = random_csr(3)
+    rows = jnp.asarray(np.array([0, 5, -1, 7, 12, 29, 3, 1], np.int32))
+    bound = batches.max_batch_nnz(matrix, 8)
+    plain = jitted_densify(matrix.shape[1], bound)(batches.to_device(matrix), rows)
+    padded = batches.to_device(matrix, padded_nnz=matrix.nnz + 100)
+    assert padded.indices.shape == (matrix.nnz + 100,)
+    np.testing.assert_array_equal(np.asarray(jitted_densify(matrix.shape[1], bound)(padded, rows)), np.asarray(plain))
+    with pytest.raises(ValueError, match="below the matrix's"):
+        batches.to_device(matrix, padded_nnz=matrix.nnz - 1)
+
+
+def test_evaluation_sets_of_one_size_share_one_compiled_step():
+    # Two sets of 40 users whose interaction counts differ: one compilation, and each set's recall@5 equal to a
+    # direct numpy count with the item scores fixed (a popularity-like scorer).
+    from hvae_jax.data.splits import EvalSet
+    from hvae_jax.evaluate import evaluate, make_eval_step
+
+    item_scores = jnp.asarray(np.random.default_rng(0).permutation(25).astype(np.float32))
+    step = make_eval_step(lambda state, fold_in, side: jnp.broadcast_to(state, fold_in.shape), ks=(5,))
+    compiles: list[str] = []
+    sizes: list[tuple[int, int]] = []
+    listener = lambda event, duration, **kwargs: compiles.append(event) if event.endswith(  # noqa: E731
+        "backend_compile_duration") else None
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for seed in (11, 12):
+            fold_in, heldout = random_csr(seed, n_rows=40), random_csr(seed + 50, n_rows=40)
+            heldout = sp.csr_matrix(heldout.multiply(fold_in.toarray() == 0))  # held-out items are not folded in
+            compiled_before = len(compiles)
+            result = evaluate(step, item_scores, EvalSet(fold_in, heldout, fold_in, np.arange(40)))
+            sizes.append((fold_in.nnz, heldout.nnz))
+            scores = np.where(fold_in.toarray() > 0, -np.inf, np.asarray(item_scores)[None, :])
+            top5 = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+            counts = np.diff(heldout.indptr)
+            hits = np.array([heldout[u].toarray()[0, top5[u]].sum() for u in range(40)])
+            users = counts > 0
+            expected = np.mean(hits[users] / np.minimum(5, counts[users]))
+            assert result["recall@5"] == pytest.approx(expected, abs=1e-6)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert sizes[0] != sizes[1]  # the two sets' arrays differ in length before padding
+    assert compiled_before > 0  # the first set compiled (the listener sees compilations at all)
+    assert len(compiles) == compiled_before, "the second set compiled again"

@@ -24,11 +24,24 @@ class DeviceCSR(NamedTuple):
     indices: jax.Array
 
 
-def to_device(matrix: sp.csr_matrix) -> DeviceCSR:
-    """Copies a CSR matrix's structure to the default device (values are taken as 1)."""
+def to_device(matrix: sp.csr_matrix, *, padded_nnz: int | None = None) -> DeviceCSR:
+    """Copies a CSR matrix's structure to the default device (values are taken as 1).
+
+    `padded_nnz` (at least the matrix's nnz) pads `indices` with zeros past `indptr[-1]`, where nothing reads them, so
+    that matrices of different nnz give arrays of one shape and share a compiled step."""
     matrix = sp.csr_matrix(matrix)
     matrix.sort_indices()
-    return DeviceCSR(jnp.asarray(matrix.indptr, jnp.int32), jnp.asarray(matrix.indices, jnp.int32))
+    indices = np.asarray(matrix.indices, np.int32)
+    if padded_nnz is not None:
+        if padded_nnz < len(indices):
+            raise ValueError(f"padded_nnz {padded_nnz} is below the matrix's {len(indices)} entries")
+        indices = np.concatenate([indices, np.zeros(padded_nnz - len(indices), np.int32)])
+    return DeviceCSR(jnp.asarray(matrix.indptr, jnp.int32), jnp.asarray(indices))
+
+
+def power_of_two_at_least(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1): static sizes that sets of similar size share."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 def max_batch_nnz(matrix: sp.csr_matrix, batch_size: int) -> int:
