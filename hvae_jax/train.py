@@ -13,6 +13,8 @@ import dataclasses
 import functools
 import math
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -315,7 +317,9 @@ def fit(
     loop_hooks = _default_hooks(setup, split, side, checkpoints, metrics_log, ks=ks, progress=progress, log=log,
                                 initial_epoch=loop.epoch)
     try:
-        state, clock = _run_epochs(setup, state, loop, loop_hooks, matrix, train_side, stop_after_epochs)
+        with _InterruptAfterEpoch(log) as interrupt:
+            state, clock = _run_epochs(setup, state, loop, loop_hooks, matrix, train_side, stop_after_epochs,
+                                       interrupt)
     finally:
         checkpoints.wait()  # an interrupt (Ctrl-C, a divergence) keeps every checkpoint already begun
     best_params = loop.best_params if loop.best_epoch is not None and loop.best_params is not None else (
@@ -381,9 +385,37 @@ class _Clock:
         return n_train * self.epochs / self.compile_seconds if self.compile_seconds > 0 else 0.0
 
 
+class _InterruptAfterEpoch:
+    """The first Ctrl-C lets the epoch under way finish, its hooks run and the `latest` checkpoint be written, then
+    raises KeyboardInterrupt; a second one interrupts at once. So the default checkpoint interval (every 200
+    updates or more) loses no finished epoch to a Ctrl-C. Installed only in the main thread of a one-process run
+    whose SIGINT handler is Python's default (in a multi-host run one process stopping alone would stall the others)."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.requested, self._previous = log, False, None
+
+    def __enter__(self) -> _InterruptAfterEpoch:
+        if (threading.current_thread() is threading.main_thread() and jax.process_count() == 1
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def _request(self, signum, frame) -> None:
+        del signum, frame
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C stops at once
+        self.log("interrupt: finishing this epoch and writing its checkpoint (Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None and signal.getsignal(signal.SIGINT) == self._request:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def _run_epochs(setup: TrainSetup, state: TrainState, loop: hooks.LoopState, loop_hooks: list[hooks.Hook], matrix,
-                train_side, stop_after_epochs: int | None) -> tuple[TrainState, _Clock]:
-    """The loop: an epoch of updates, then every hook, until the last epoch, early stopping or `stop_after_epochs`."""
+                train_side, stop_after_epochs: int | None,
+                interrupt: _InterruptAfterEpoch | None = None) -> tuple[TrainState, _Clock]:
+    """The loop: an epoch of updates, then every hook, until the last epoch, early stopping or `stop_after_epochs`;
+    after a requested interrupt, the hooks close (the last epoch is checkpointed) and KeyboardInterrupt is raised."""
     clock = _Clock(seconds_by_phase={"train": 0.0, **{type(hook).__name__: 0.0 for hook in loop_hooks}})
 
     def timed(name: str, action: Callable[[], Any]):
@@ -411,8 +443,12 @@ def _run_epochs(setup: TrainSetup, state: TrainState, loop: hooks.LoopState, loo
         for hook in loop_hooks:
             timed(type(hook).__name__, lambda: hook.after_epoch(loop))
         clock.epochs += 1
+        if interrupt is not None and interrupt.requested:
+            break
     for hook in loop_hooks:
         timed(type(hook).__name__, lambda: hook.close(loop))
+    if interrupt is not None and interrupt.requested:
+        raise KeyboardInterrupt(f"interrupted after epoch {loop.epoch}, which is checkpointed")
     return state, clock
 
 

@@ -268,3 +268,36 @@ def test_best_goes_to_disk_with_latest_and_a_resumed_run_keeps_it(split, tmp_pat
     assert without_timings(resumed.history) == without_timings(whole.history)
     assert resumed.best_epoch == whole.best_epoch
     assert_trees_equal(resumed.best_params, whole.best_params)
+
+
+def test_ctrl_c_finishes_the_epoch_checkpoints_it_and_the_run_resumes_exactly(split, tmp_path, monkeypatch):
+    import signal
+
+    from hvae_jax import hooks
+    from hvae_jax.checkpoint import Checkpoints
+
+    train = dataclasses.replace(TRAIN, epochs=4)  # default checkpoint interval: no checkpoint before epoch 4
+    whole = fit(MODEL, train, split, tmp_path / "whole", progress=False, log=lambda _: None)
+    validate = hooks.Validation.after_epoch
+
+    def ctrl_c_in_epoch_2(self, loop):
+        validate(self, loop)
+        if loop.epoch == 2:
+            signal.raise_signal(signal.SIGINT)  # arrives while the epoch's hooks run
+
+    messages: list[str] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(hooks.Validation, "after_epoch", ctrl_c_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt, match="after epoch 2"):
+            fit(MODEL, train, split, tmp_path / "run", progress=False, log=messages.append)
+    assert any("finishing this epoch" in message for message in messages)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    checkpoints = Checkpoints(tmp_path / "run", create=False)
+    try:
+        assert checkpoints.latest_epoch("latest") == 2
+    finally:
+        checkpoints.close()
+    resumed = fit(MODEL, train, split, tmp_path / "run", progress=False, log=lambda _: None)
+    assert resumed.resumed_from == 2
+    assert without_timings(resumed.history) == without_timings(whole.history)
+    assert_trees_equal(resumed.final_params, whole.final_params)
