@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 from benchmarks import runners
-from hvae_jax.configs import TrainConfig, VAEConfig, checkpoint_interval, model_config_to_dict
+from hvae_jax.configs import TrainConfig, VAEConfig, model_config_to_dict
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m-implicit"
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -145,6 +145,7 @@ def train_torch(split, model_config, train: TrainConfig, optimized: bool, workdi
     from benchmarks.torch_reference import training
     from benchmarks.torch_reference.models import build_model
     from hvae_jax.schedules import build_schedule
+    from hvae_jax.train import checkpoint_interval
 
     phases = dict.fromkeys(("data_to_device", "setup", "compile", "train", *HOOK_PHASES, "test"), 0.0)
     start = time.perf_counter()

@@ -204,16 +204,12 @@ class PopularityConfig:
 ModelConfig = Union[VAEConfig, DAEConfig, EASEConfig, PopularityConfig]
 CONFIG_CLASSES: dict[str, type] = {cls.kind: cls for cls in (VAEConfig, DAEConfig, EASEConfig, PopularityConfig)}
 NEURAL_KINDS = ("vae", "dae")
-# `TrainConfig.checkpoint_every=None`: the updates between two `latest` checkpoints, at least. One orbax write costs
-# about as much as 100-300 updates of Mult-VAE at the ml-1m shape on 2 CPU cores (benchmarks/end_to_end.py).
+# `TrainConfig.checkpoint_every=None`: the updates between two `latest` checkpoints, at least
+# (`train.checkpoint_interval`). An orbax write took 0.2-1.4 s on 2 CPU cores, one to ten Mult-VAE updates at the
+# ml-1m shape, where an epoch is ten updates: written every epoch, checkpoints were 6% of a run
+# (benchmarks/end_to_end.py).
 CHECKPOINT_UPDATES = 200
 
-
-def checkpoint_interval(checkpoint_every: int | None, steps_per_epoch: int) -> int:
-    """Epochs between two `latest` checkpoints: `checkpoint_every`, or by `CHECKPOINT_UPDATES` when None."""
-    if checkpoint_every is not None:
-        return checkpoint_every
-    return max(1, -(-CHECKPOINT_UPDATES // max(1, steps_per_epoch)))
 
 
 def is_neural(config) -> bool:

@@ -175,8 +175,8 @@ class Checkpointing(Hook):
     so an interrupted run resumes from it exactly, and before it the `best` parameters when a better epoch was
     validated since the last write.
 
-    `best` goes to disk with `latest` rather than at every improvement: a checkpoint costs as much as a few
-    hundred updates of a small model, and a resumed run needs only the `best` that its `latest` record names."""
+    `best` goes to disk with `latest` rather than at every improvement: a checkpoint costs as much as several
+    updates of a small model, and a resumed run needs only the `best` that its `latest` record names."""
 
     def __init__(self, checkpoints: Checkpoints, *, every: int, last_epoch: int):
         self.checkpoints, self.every, self.last_epoch = checkpoints, every, last_epoch

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from hvae_jax import hooks, input_paths, parallel
 from hvae_jax.checkpoint import Checkpoints, abstract_like
-from hvae_jax.configs import checkpoint_interval
+from hvae_jax.configs import CHECKPOINT_UPDATES
 from hvae_jax.data.batches import epoch_order, to_device
 from hvae_jax.data.splits import Split
 from hvae_jax.evaluate import DEFAULT_KS
@@ -220,6 +220,13 @@ def _merge(*trees):
     for tree in trees:
         merged.update(flax.traverse_util.flatten_dict(tree))
     return flax.traverse_util.unflatten_dict(merged)
+
+
+def checkpoint_interval(checkpoint_every: int | None, steps_per_epoch: int) -> int:
+    """Epochs between two `latest` checkpoints: `checkpoint_every`, or by `CHECKPOINT_UPDATES` when None."""
+    if checkpoint_every is not None:
+        return checkpoint_every
+    return max(1, -(-CHECKPOINT_UPDATES // max(1, steps_per_epoch)))
 
 
 def check_finite(metrics: dict[str, np.ndarray], epoch: int, last_step: int) -> None:

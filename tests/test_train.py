@@ -235,7 +235,8 @@ def test_fit_in_a_run_dir_writes_where_it_says_and_equals_fit_in_a_path(split, b
 
 
 def test_checkpoint_interval_by_updates():
-    from hvae_jax.configs import CHECKPOINT_UPDATES, checkpoint_interval
+    from hvae_jax.configs import CHECKPOINT_UPDATES
+    from hvae_jax.train import checkpoint_interval
 
     assert CHECKPOINT_UPDATES == 200
     assert checkpoint_interval(None, 10) == 20  # ml-1m at batch 500: 10 updates per epoch
