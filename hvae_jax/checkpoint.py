@@ -18,8 +18,8 @@ class Checkpoints:
 
     In a multi-host run every process opens them (orbax's primary process writes, the others wait), and saves are
     synchronous: orbax's asynchronous saves meet across processes with collective-based barriers on a background
-    thread, which orbax warns must not run beside other collectives, as the training steps would (a two-process
-    test run that hung once in CI most likely met).
+    thread, which orbax warns must not run beside other collectives such as the training steps' (the likely cause
+    of a two-process test run that hung once in CI).
 
     Args:
       run: the run directory: its path, or the `RunDir` that opened it.
@@ -36,8 +36,8 @@ class Checkpoints:
     def save(self, name: str, epoch: int, state, record: dict) -> None:
         """Saves `state` (any pytree of arrays) and the JSON-able `record` as checkpoint `name` at `epoch`.
 
-        Asynchronous: the arrays are copied to the host before this returns (so the caller may donate them to the
-        next update), and written while training goes on. A `latest` save first waits for a pending `best` save,
+        Asynchronous in a one-process run: the arrays are copied to the host before this returns (so the caller
+        may donate them to the next update), and written while training goes on. A `latest` save first waits for a pending `best` save,
         so a `latest` record on disk never names a best epoch whose parameters are not on disk yet; a killed
         process leaves the last finished checkpoint of each, as orbax finalises a checkpoint by renaming it."""
         if name == "latest":

@@ -22,7 +22,7 @@ import sys
 import tomllib
 from typing import Any, Callable
 
-from hvae_jax.configs import CONFIG_CLASSES, MODELS, PRESETS, TrainConfig, model_config_to_dict
+from hvae_jax.configs import CHECKPOINT_UPDATES, CONFIG_CLASSES, MODELS, PRESETS, TrainConfig, model_config_to_dict
 from hvae_jax.data import sources
 from hvae_jax.experiment import RunSettings, evaluate_workdir, run, run_config
 from hvae_jax.plots import plot_cli
@@ -137,7 +137,8 @@ TRAIN_FLAGS = (
     Flag("--early-stopping-from", "train", "early_stopping_from", int,
          "epochs before this one never count towards early stopping"),
     Flag("--eval-every", "train", "eval_every", int, "validate every N epochs"),
-    Flag("--checkpoint-every", "train", "checkpoint_every", int, "write the latest checkpoint every N epochs (default: every 200 updates or more)"),
+    Flag("--checkpoint-every", "train", "checkpoint_every", int,
+         f"write the latest checkpoint every N epochs (default: every {CHECKPOINT_UPDATES} updates or more)"),
     Flag("--steps-per-dispatch", "train", "steps_per_dispatch", int, "updates per jitted scan call"),
     Flag("--seed", "train", "seed", int, "seed of initialisation, shuffling and noise"),
     Flag("--input-path", "train", "input_path", str, "first layer as dense matmul or sparse gather (auto)",

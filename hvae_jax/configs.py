@@ -211,7 +211,6 @@ NEURAL_KINDS = ("vae", "dae")
 CHECKPOINT_UPDATES = 200
 
 
-
 def is_neural(config) -> bool:
     return config.kind in NEURAL_KINDS
 
@@ -342,7 +341,8 @@ class TrainConfig:
             raise ValueError(f"input_path must be 'auto', 'dense' or 'sparse', got {self.input_path!r}")
         if not 0.0 <= finite("average_decay") < 1.0:
             raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
-        if self.steps_per_dispatch <= 0 or self.eval_every <= 0 or (self.checkpoint_every or 1) <= 0:
+        if (self.steps_per_dispatch <= 0 or self.eval_every <= 0
+                or (self.checkpoint_every is not None and self.checkpoint_every <= 0)):
             raise ValueError("steps_per_dispatch, eval_every and checkpoint_every must be positive")
         if self.encoder_epochs <= 0 or self.decoder_epochs <= 0:
             raise ValueError("encoder_epochs and decoder_epochs must be positive")

@@ -19,7 +19,8 @@ import numpy as np
 
 from hvae_jax import parallel
 from hvae_jax.checkpoint import Checkpoints, abstract_like
-from hvae_jax.configs import EASEConfig, TrainConfig, is_neural, model_config_from_dict, model_config_to_dict
+from hvae_jax.configs import (CHECKPOINT_UPDATES, EASEConfig, TrainConfig, is_neural, model_config_from_dict,
+                              model_config_to_dict)
 from hvae_jax.data import sources
 from hvae_jax.data import splits as splits_lib
 from hvae_jax.data.batches import host_dense_rows
@@ -428,7 +429,7 @@ def _checkpoint_left(run_dir: RunDir) -> str:
         checkpoints.close()
     if epoch is None:
         return (f"{run_dir.path} holds no checkpoint yet (it writes one every --checkpoint-every epochs, by default "
-                "every 200 updates or more)")
+                f"every {CHECKPOINT_UPDATES} updates or more)")
     return f"{run_dir.path} keeps the checkpoint of epoch {epoch}: `hvae evaluate --workdir {run_dir.path}` reports it"
 
 
@@ -612,8 +613,8 @@ def _restore_fit(run_dir: RunDir, settings: RunSettings, model_config, train_con
         best = checkpoints.restore("best", abstract_like(params_shape))
         if latest is None and best is None:
             raise FileNotFoundError(f"no checkpoint in {run_dir.checkpoints_dir}: the run stopped before its first "
-                                    "checkpoint (written every 200 updates or more, or every --checkpoint-every "
-                                    "epochs); run the same `hvae train` command to train it")
+                                    f"checkpoint (written every {CHECKPOINT_UPDATES} updates or more, or every "
+                                    "--checkpoint-every epochs); run the same `hvae train` command to train it")
         if best is None:
             log("no best checkpoint (no validation users?): evaluating the latest parameters")
             state = setup.init_state(n_side)

@@ -55,6 +55,7 @@ def fails_cleanly(capsys, argv) -> str:
     (["--hidden", "0"], "hidden must be a positive width, got 0 (--hidden)"),
     (["--iw-samples", "-1"], "iw_samples (--iw-samples) must be >= 0"),
     (["--ks", "0"], "ks (--ks) must be positive cut-offs"),
+    (["--checkpoint-every", "0"], "checkpoint_every must be positive"),
     (["--heldout-users", "0"], "heldout_users (--heldout-users) must be at least 1, got 0; leave it unset"),
     (["--split-seed", "-1"], "split_seed (--split-seed) must be an integer in [0, 2**32)"),
     (["--protocol", "given"], "--protocol given needs --train and --test files"),
