@@ -65,6 +65,10 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
         "liang": ({}, {}),
         "lr3e-3-avg": ({}, dict(learning_rate=3e-3, average_decay=0.998)),
         "lr1e-3-avg": ({}, dict(learning_rate=1e-3, average_decay=0.998)),
+        # Two more for the small sets, where the hierarchy's candidates below get as many (weight decay as
+        # Mult-DAE's L2, 0.01 / batch size; a narrower network).
+        "wd": ({}, dict(learning_rate=3e-3, average_decay=0.998, weight_decay=2e-5)),
+        "narrow": (dict(hidden=200), dict(learning_rate=3e-3, average_decay=0.998)),
     },
     "multdae": {
         "liang": ({}, {}),
@@ -85,6 +89,11 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
         "default": ({}, {}),
         "avg": ({}, dict(average_decay=0.998)),
         "lr1e-3-avg": ({}, dict(learning_rate=1e-3, average_decay=0.998)),
+        # Regularisers for a few hundred training users, where the five 600-wide encoder layers overfit (README
+        # "The hierarchy"): Mult-DAE's L2, a narrower and shallower encoder, and both.
+        "wd": ({}, dict(weight_decay=2e-5)),
+        "narrow": (dict(hidden=200, encoder_layers=2), {}),
+        "narrow-wd": (dict(hidden=200, encoder_layers=2), dict(weight_decay=2e-5)),
     },
 }
 
