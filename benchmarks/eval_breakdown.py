@@ -1,0 +1,156 @@
+"""Where an evaluation step's time goes at one shape: the logits, the top-K selection, and the alternatives tried for
+the selection (splitting the batch, `approx_max_k`, the sparse first layer), beside `torch.topk` on one and two
+threads. Medians of interleaved calls in one process, written as JSON.
+
+  python -m benchmarks.eval_breakdown --shape ml-1m --batch-sizes 500,4840
+
+The question it answers: why JAX's ML-1M evaluation rows trail the optimised PyTorch's on a CPU (README, "Throughput
+against PyTorch").
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import numpy as np
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def _medians_ms(functions: dict, repeats: int) -> dict[str, float]:
+    """Median wall time of each zero-argument function (which blocks until done), the functions interleaved."""
+    for function in functions.values():
+        function()  # compile and warm up
+    seconds = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: round(statistics.median(values) * 1e3, 3) for name, values in seconds.items()}
+
+
+def step_parts(model: str, shape_name: str, batch_size: int, k: int, repeats: int) -> dict:
+    """Milliseconds of the jitted scoring pieces of one evaluation batch of `model` at `shape_name`."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.runners import model_config, train_config
+    from benchmarks.synthetic_shapes import SHAPES, make_shape
+    from hvae_jax.evaluate import model_scorer
+    from hvae_jax.train import TrainSetup
+
+    train = make_shape(SHAPES[shape_name], seed=1, n_users=max(batch_size, 1000))
+    setup = TrainSetup.build(model_config(model), train_config(model, batch_size), train)
+    params = setup.init_state().params
+    x = jnp.asarray(train[:batch_size].toarray(), jnp.float32)
+    model_ = setup.path.model
+
+    def logits_of(p, rows):
+        return model_scorer(model_, p)(rows, None)
+
+    def split_top_k(values, parts):
+        pieces = [jax.lax.top_k(chunk, k) for chunk in jnp.split(values, parts, axis=0)]
+        return jnp.concatenate([p[0] for p in pieces]), jnp.concatenate([p[1] for p in pieces])
+
+    logits_fn = jax.jit(logits_of)
+    scored_fn = jax.jit(lambda p, rows: jax.lax.top_k(jnp.where(rows > 0, -jnp.inf, logits_of(p, rows)), k))
+    logits = jax.block_until_ready(logits_fn(params, x))
+    top_k_fn = jax.jit(lambda values: jax.lax.top_k(values, k))
+    split2_fn = jax.jit(lambda values: split_top_k(values, 2))
+    approx_fn = jax.jit(lambda values: jax.lax.approx_max_k(values, k, recall_target=1.0))
+    block = jax.block_until_ready
+    times = _medians_ms({
+        "logits": lambda: block(logits_fn(params, x)),
+        "logits_and_top_k": lambda: block(scored_fn(params, x)),
+        "top_k": lambda: block(top_k_fn(logits)),
+        "top_k_batch_split_in_2": lambda: block(split2_fn(logits)) if batch_size % 2 == 0 else None,
+        "approx_max_k": lambda: block(approx_fn(logits)),
+    }, repeats)
+    try:
+        import torch
+
+        values = torch.from_numpy(np.asarray(logits))
+        before = torch.get_num_threads()
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            times[f"torch_topk_{threads}_threads"] = _medians_ms({"t": lambda: torch.topk(values, k)}, repeats)["t"]
+        torch.set_num_threads(before)
+    except ImportError:
+        pass
+    times["top_k_share_of_step"] = round(times["top_k"] / times["logits_and_top_k"], 3)
+    return {"model": model, "shape": shape_name, "batch_size": batch_size, "n_items": int(train.shape[1]),
+            "k": k, "milliseconds": times, "jax_backend": jax.default_backend()}
+
+
+def input_paths_pairs(model: str, shape_name: str, batch_size: int, n_users: int, pairs: int) -> dict:
+    """The whole `evaluate` call with the dense and the sparse first layer, alternated; per-pair time ratios."""
+    import jax
+
+    from benchmarks.runners import model_config, train_config
+    from benchmarks.synthetic_shapes import SHAPES, make_shape, split_heldout
+    from hvae_jax import input_paths
+    from hvae_jax.data.splits import EvalSet
+    from hvae_jax.evaluate import evaluate
+    from hvae_jax.train import TrainSetup
+
+    shape = SHAPES[shape_name]
+    train = make_shape(shape, seed=1, n_users=min(shape.n_users, 5000))
+    fold_in, heldout = split_heldout(make_shape(shape, seed=3, n_users=n_users), seed=0)
+    eval_set = EvalSet(fold_in, heldout, fold_in, np.arange(n_users).astype(str))
+    setup = TrainSetup.build(model_config(model), train_config(model, batch_size), train)
+    params = setup.init_state().params
+    steps = {cls.name: cls(setup.path.model, setup.train, setup.path.max_nnz).eval_step((100,))
+             for cls in (input_paths.DensePath, input_paths.SparsePath)}
+    ndcg = {name: float(np.mean(evaluate(step, params, eval_set, batch_size=batch_size)["ndcg@100"]))
+            for name, step in steps.items()}
+    seconds = {name: [] for name in steps}
+    for pair in range(pairs):
+        for name in (("dense", "sparse") if pair % 2 == 0 else ("sparse", "dense")):
+            start = time.perf_counter()
+            jax.block_until_ready(evaluate(steps[name], params, eval_set, batch_size=batch_size))
+            seconds[name].append(time.perf_counter() - start)
+    ratios = [d / s for d, s in zip(seconds["dense"], seconds["sparse"])]
+    return {"model": model, "shape": shape_name, "batch_size": batch_size, "n_users": n_users,
+            "fold_in_density": fold_in.nnz / (fold_in.shape[0] * fold_in.shape[1]),
+            "users_per_second": {name: n_users / statistics.median(values) for name, values in seconds.items()},
+            "dense_over_sparse_time": {"median": statistics.median(ratios),
+                                       "quartiles": statistics.quantiles(ratios, n=4), "pairs": pairs},
+            "ndcg@100_of_untrained_model": ndcg}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="multvae")
+    parser.add_argument("--shape", default="ml-1m")
+    parser.add_argument("--batch-sizes", default="500,4840")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--pairs", type=int, default=9, help="dense/sparse evaluate() pairs (0: skip)")
+    parser.add_argument("--eval-users", type=int, default=2000)
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS_DIR / "eval-breakdown-cpu-2core.json")
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor() or
+               platform.machine(), "load_average_before": list(os.getloadavg()), "steps": []}
+    for batch_size in batches:
+        results["steps"].append(step_parts(args.model, args.shape, batch_size, 100, args.repeats))
+        print(json.dumps(results["steps"][-1]), flush=True)
+    if args.pairs:
+        results["input_paths"] = input_paths_pairs(args.model, args.shape, batches[0], args.eval_users, args.pairs)
+        print(json.dumps(results["input_paths"]), flush=True)
+    results["load_average_after"] = list(os.getloadavg())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"written {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
