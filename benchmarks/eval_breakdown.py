@@ -122,7 +122,8 @@ def input_paths_pairs(model: str, shape_name: str, batch_size: int, n_users: int
             "fold_in_density": fold_in.nnz / (fold_in.shape[0] * fold_in.shape[1]),
             "users_per_second": {name: n_users / statistics.median(values) for name, values in seconds.items()},
             "dense_over_sparse_time": {"median": statistics.median(ratios),
-                                       "quartiles": statistics.quantiles(ratios, n=4), "pairs": pairs},
+                                       "quartiles": statistics.quantiles(ratios, n=4) if pairs > 1 else None,
+                                       "pairs": pairs},
             "ndcg@100_of_untrained_model": ndcg}
 
 

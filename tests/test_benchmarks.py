@@ -176,3 +176,18 @@ def test_the_named_hvae_is_the_ablations_winner():
 
     assert configs_for("ml-1m", "hvae", "default", 1)[1:] == configs_for("ml-1m", "hvae", "recvae-2level", 1,
                                                                          CANDIDATES["recvae-2level"])[1:]
+
+
+def test_eval_breakdown_times_every_part_and_both_input_paths_score_alike():
+    from benchmarks import eval_breakdown
+
+    parts = eval_breakdown.step_parts("multvae", "ml-1m", 50, 100, repeats=1)
+    times = parts["milliseconds"]
+    for name in ("logits", "logits_and_top_k", "top_k", "top_k_batch_split_in_2", "approx_max_k"):
+        assert math.isfinite(times[name]) and times[name] > 0, name
+    assert 0 < times["top_k_share_of_step"] == round(times["top_k"] / times["logits_and_top_k"], 3)
+    pairs = eval_breakdown.input_paths_pairs("multvae", "ml-1m", 50, 100, pairs=1)
+    ndcg = pairs["ndcg@100_of_untrained_model"]
+    # No dropout in evaluation: the dense and the sparse first layer give the same scores up to summation order.
+    assert ndcg["dense"] == pytest.approx(ndcg["sparse"], abs=1e-6) and ndcg["dense"] > 0
+    assert pairs["dense_over_sparse_time"]["pairs"] == 1 and len(pairs["users_per_second"]) == 2
