@@ -191,3 +191,27 @@ def test_eval_breakdown_times_every_part_and_both_input_paths_score_alike():
     # No dropout in evaluation: the dense and the sparse first layer give the same scores up to summation order.
     assert ndcg["dense"] == pytest.approx(ndcg["sparse"], abs=1e-6) and ndcg["dense"] > 0
     assert pairs["dense_over_sparse_time"]["pairs"] == 1 and len(pairs["users_per_second"]) == 2
+
+
+@pytest.mark.usefixtures("standard_dtype_promotion")  # optax's Adam (see conftest)
+def test_epoch_cost_weights_the_alternating_cycle_and_counts_fewer_pseudo_inputs_as_less_work(tmp_path):
+    from benchmarks import epoch_cost
+
+    out = tmp_path / "epoch-cost.json"
+    results = epoch_cost.main(["--models", "multvae,recvae,hvae-vamp:k20,hvae-vamp:k10", "--users", "600",
+                               "--batch-size", "300", "--rounds", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    rows = {row["model"]: row for row in results["rows"]}
+    assert rows["multvae"]["flops_ratio_to_multvae"] == 1.0 and rows["multvae"]["measured_ratio_to_multvae"] == 1.0
+    assert rows["hvae-vamp:k20"]["n_pseudo_inputs"] == 20 and rows["recvae"]["n_pseudo_inputs"] is None
+    assert rows["hvae-vamp:k10"]["flops_per_epoch"] < rows["hvae-vamp:k20"]["flops_per_epoch"]
+    for row in rows.values():
+        assert len(row["epoch_seconds"]) == 2 and all(math.isfinite(s) and s > 0 for s in row["epoch_seconds"])
+    # RecVAE's cycle: three encoder epochs for each decoder epoch.
+    from benchmarks.synthetic_shapes import SHAPES, make_shape
+
+    setup = epoch_cost._setup("recvae", 300, make_shape(SHAPES["ml-1m"], seed=1, n_users=600))
+    assert [(count, phase.name) for count, phase in epoch_cost.phase_weights(setup)] == [(45, "encoder"),
+                                                                                          (15, "decoder")]
+    with pytest.raises(ValueError, match="pseudo-inputs"):
+        epoch_cost._setup("hvae-vamp:x3", 300, None)
