@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import pathlib
 import statistics
 import time
 
-RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+from benchmarks.throughput import RESULTS_DIR, write_results
 
 
 def _setup(name: str, batch_size: int, train_matrix):
@@ -122,8 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rounds": args.rounds, "backend": jax.default_backend(), "load_average": list(os.getloadavg()),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    write_results(args.out, results)
     print(f"written {args.out}")
     return results
 

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+from benchmarks.throughput import RESULTS_DIR, write_results
 
 
 def _medians_ms(functions: dict, repeats: int) -> dict[str, float]:
@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["input_paths"] = input_paths_pairs(args.model, args.shape, batches[0], args.eval_users, args.pairs)
         print(json.dumps(results["input_paths"]), flush=True)
     results["load_average_after"] = list(os.getloadavg())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    write_results(args.out, results)
     print(f"written {args.out}")
     return results
 
