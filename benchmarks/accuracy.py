@@ -9,6 +9,8 @@ benchmarks/results/runs/, so tables are rebuilt without retraining.
                                                                                       # setting, the other seeds
   python -m benchmarks.accuracy table --datasets ml-1m,lastfm,ml-latest-small,amazon-book --out benchmarks/results/hierarchy-table
   python -m benchmarks.accuracy plan                                                  # what is still to run
+  python -m benchmarks.accuracy record --workdir DIR --out F.json --command-line "..."  # a `hvae train` run as a
+                                                                                      # record (even interrupted)
   python -m benchmarks.accuracy run --datasets lastfm --settings-from ml-1m           # one setting per model: the
                                                                                       # one ml-1m's validation chose
 
@@ -130,6 +132,54 @@ def configs_for(dataset: str, model: str, tag: str, seed: int, overrides: tuple[
     return DATASETS[dataset], model_config, TrainConfig(**train)
 
 
+def history_of(workdir: pathlib.Path) -> list[dict]:
+    """One row per epoch of a run directory's metrics.jsonl: the losses, KL, beta, training seconds and the
+    validation NDCG@100 (None where the epoch was not validated)."""
+    history = []
+    metrics_file = workdir / "metrics.jsonl"
+    if metrics_file.exists():
+        for line in metrics_file.read_text().splitlines():
+            row = json.loads(line)
+            history.append({key: row.get(key) for key in ("epoch", "phase", "loss", "nll", "kl", "beta",
+                                                          "active_units", "train_seconds")}
+                           | {"valid_ndcg@100": (row.get("valid") or {}).get("ndcg@100")})
+    return history
+
+
+def time_to_fraction_of_best(history: list[dict], fraction: float = 0.99) -> dict | None:
+    """The first epoch whose validation NDCG@100 reaches `fraction` of the best one in `history`, and the training
+    seconds summed up to it (None without validation)."""
+    validated = [row for row in history if row.get("valid_ndcg@100") is not None]
+    if not validated:
+        return None
+    best = max(row["valid_ndcg@100"] for row in validated)
+    first = next(row for row in validated if row["valid_ndcg@100"] >= fraction * best)
+    seconds = sum(row.get("train_seconds") or 0.0 for row in history if row["epoch"] <= first["epoch"])
+    return {"fraction": fraction, "best_valid_ndcg@100": best, "epoch": first["epoch"],
+            "valid_ndcg@100": first["valid_ndcg@100"], "train_seconds": seconds}
+
+
+def cmd_record(args) -> None:
+    """A record of a run made outside this driver (a `hvae train` command, finished or interrupted): its settings,
+    per-epoch history, results where it finished, and when it first came within 1% of its best validation."""
+    workdir = pathlib.Path(args.workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    results_file = workdir / "results.json"
+    history = history_of(workdir)
+    record = {
+        "command": args.command_line, "workdir": str(workdir), "config": config, "note": args.note,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "results": json.loads(results_file.read_text()) if results_file.exists() else None,
+        "epochs_run": history[-1]["epoch"] if history else 0,
+        "time_to_99%_of_best_valid": time_to_fraction_of_best(history),
+        "history": history,
+    }
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
+    print(f"{out}: {record['epochs_run']} epochs; {record['time_to_99%_of_best_valid']}")
+
+
 def run_one(dataset: str, model: str, tag: str, seed: int, workroot: pathlib.Path, *, force: bool = False,
             overrides: tuple[dict, dict] | None = None) -> dict:
     """Trains one (data set, model, setting, seed), writes its record and returns it (or the existing record)."""
@@ -141,14 +191,7 @@ def run_one(dataset: str, model: str, tag: str, seed: int, workroot: pathlib.Pat
     settings = RunSettings(**settings_fields, workdir=str(workdir))
     start = time.perf_counter()
     results = run(settings, model_config, train, progress=False, log=lambda message: None)
-    history = []
-    metrics_file = workdir / "metrics.jsonl"
-    if metrics_file.exists():
-        for line in metrics_file.read_text().splitlines():
-            row = json.loads(line)
-            history.append({key: row.get(key) for key in ("epoch", "phase", "loss", "nll", "kl", "beta",
-                                                          "active_units")}
-                           | {"valid_ndcg@100": (row.get("valid") or {}).get("ndcg@100")})
+    history = history_of(workdir)
     record = {
         "dataset": dataset, "model": model, "tag": tag, "seed": seed,
         "settings": settings_fields, "model_config": model_config_to_dict(model_config),
@@ -307,6 +350,12 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--force", action="store_true", help="rerun even if the record exists")
         if name == "table":
             command.add_argument("--out", help="path without suffix for the .json and .md")
+    record = commands.add_parser("record", help="a record of a run directory made by `hvae train`")
+    record.add_argument("--workdir", required=True)
+    record.add_argument("--out", required=True, help="the record's JSON path")
+    record.add_argument("--command-line", required=True, help="the command that made the run, for the record")
+    record.add_argument("--note", default="", help="what the reader should know (e.g. interrupted, and why)")
+    record.set_defaults(handler=cmd_record)
     args = parser.parse_args(argv)
     args.handler(args)
 

@@ -215,3 +215,25 @@ def test_epoch_cost_weights_the_alternating_cycle_and_counts_fewer_pseudo_inputs
                                                                                           (15, "decoder")]
     with pytest.raises(ValueError, match="pseudo-inputs"):
         epoch_cost._setup("hvae-vamp:x3", 300, None)
+
+
+def test_record_of_an_interrupted_run_says_when_it_came_within_one_percent_of_its_best(tmp_path):
+    from benchmarks import accuracy
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"format": 1, "fingerprint": {"model": {"kind": "vae"}}}))
+    rows = [(1, 0.10, 10.0), (2, 0.20, 11.0), (3, None, 12.0), (4, 0.299, 13.0), (5, 0.30, 14.0), (6, 0.25, 15.0)]
+    (workdir / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "loss": 1.0, "train_seconds": s} | ({"valid": {"ndcg@100": v}} if v else {})) + "\n"
+        for e, v, s in rows))
+    out = tmp_path / "record.json"
+    accuracy.main(["record", "--workdir", str(workdir), "--out", str(out), "--command-line", "hvae train ...",
+                   "--note", "interrupted"])
+    record = json.loads(out.read_text())
+    assert record["results"] is None and record["epochs_run"] == 6 and record["note"] == "interrupted"
+    assert [row["valid_ndcg@100"] for row in record["history"]] == [0.10, 0.20, None, 0.299, 0.30, 0.25]
+    # 0.299 >= 0.99 * 0.30: epoch 4, after 10 + 11 + 12 + 13 training seconds (the unvalidated epoch 3 counts).
+    assert record["time_to_99%_of_best_valid"] == {"fraction": 0.99, "best_valid_ndcg@100": 0.30, "epoch": 4,
+                                                   "valid_ndcg@100": 0.299, "train_seconds": 46.0}
+    assert accuracy.time_to_fraction_of_best([{"epoch": 1, "valid_ndcg@100": None}]) is None
