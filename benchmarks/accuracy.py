@@ -148,13 +148,15 @@ def history_of(workdir: pathlib.Path) -> list[dict]:
 
 def time_to_fraction_of_best(history: list[dict], fraction: float = 0.99) -> dict | None:
     """The first epoch whose validation NDCG@100 reaches `fraction` of the best one in `history`, and the training
-    seconds summed up to it (None without validation)."""
+    seconds summed up to it (None without validation; the seconds None where an epoch up to it has no time, as in
+    records written before the history kept them)."""
     validated = [row for row in history if row.get("valid_ndcg@100") is not None]
     if not validated:
         return None
     best = max(row["valid_ndcg@100"] for row in validated)
     first = next(row for row in validated if row["valid_ndcg@100"] >= fraction * best)
-    seconds = sum(row.get("train_seconds") or 0.0 for row in history if row["epoch"] <= first["epoch"])
+    times = [row.get("train_seconds") for row in history if row["epoch"] <= first["epoch"]]
+    seconds = None if None in times else sum(times)
     return {"fraction": fraction, "best_valid_ndcg@100": best, "epoch": first["epoch"],
             "valid_ndcg@100": first["valid_ndcg@100"], "train_seconds": seconds}
 

@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
         """Seconds per epoch: one pass of each phase, weighted by its epochs in the cycle."""
         entry = epochs[name]
         setup = entry["setup"]
+        order = epoch_order(jax.random.fold_in(setup.keys.shuffle, round_), setup.n_train, setup.batch_size)
         weighted, cycle = 0.0, 0
         for phase_epochs, chunk in entry["chunks"]:
-            order = epoch_order(jax.random.fold_in(setup.keys.shuffle, round_), setup.n_train, setup.batch_size)
             start = time.perf_counter()
             entry["state"], metrics = chunk(entry["state"], order, setup.keys.train, matrix, None)
             jax.block_until_ready((entry["state"], metrics))
@@ -105,9 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for name in names:
         ratios = [s / m for s, m in zip(seconds[name], seconds["multvae"])]
+        config = epochs[name]["setup"].model_config
+        vamp = getattr(config, "prior", None) == "vamp"
         rows.append({
-            "model": name, "n_pseudo_inputs": getattr(epochs[name]["setup"].model_config, "n_pseudo_inputs", None)
-            if getattr(epochs[name]["setup"].model_config, "prior", None) == "vamp" else None,
+            "model": name, "n_pseudo_inputs": config.n_pseudo_inputs if vamp else None,
             "epoch_seconds_median": statistics.median(seconds[name]), "epoch_seconds": seconds[name],
             "measured_ratio_to_multvae": statistics.median(ratios),
             "measured_ratio_quartiles": statistics.quantiles(ratios, n=4) if len(ratios) > 1 else None,

@@ -37,9 +37,10 @@ class Checkpoints:
         """Saves `state` (any pytree of arrays) and the JSON-able `record` as checkpoint `name` at `epoch`.
 
         Asynchronous in a one-process run: the arrays are copied to the host before this returns (so the caller
-        may donate them to the next update), and written while training goes on. A `latest` save first waits for a pending `best` save,
-        so a `latest` record on disk never names a best epoch whose parameters are not on disk yet; a killed
-        process leaves the last finished checkpoint of each, as orbax finalises a checkpoint by renaming it."""
+        may donate them to the next update), and written while training goes on. A `latest` save first waits for a
+        pending `best` save, so a `latest` record on disk never names a best epoch whose parameters are not on disk
+        yet; a killed process leaves the last finished checkpoint of each, as orbax finalises a checkpoint by
+        renaming it."""
         if name == "latest":
             self._managers["best"].wait_until_finished()
         manager = self._managers[name]

@@ -237,3 +237,7 @@ def test_record_of_an_interrupted_run_says_when_it_came_within_one_percent_of_it
     assert record["time_to_99%_of_best_valid"] == {"fraction": 0.99, "best_valid_ndcg@100": 0.30, "epoch": 4,
                                                    "valid_ndcg@100": 0.299, "train_seconds": 46.0}
     assert accuracy.time_to_fraction_of_best([{"epoch": 1, "valid_ndcg@100": None}]) is None
+    # A history without training times (older records) gives the epoch but no seconds, never a sum of zeros.
+    untimed = [{"epoch": 1, "valid_ndcg@100": 0.2}, {"epoch": 2, "valid_ndcg@100": 0.3, "train_seconds": 5.0}]
+    assert accuracy.time_to_fraction_of_best(untimed) == {"fraction": 0.99, "best_valid_ndcg@100": 0.3, "epoch": 2,
+                                                          "valid_ndcg@100": 0.3, "train_seconds": None}
