@@ -71,6 +71,11 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
         # Mult-DAE's L2, 0.01 / batch size; a narrower network).
         "wd": ({}, dict(learning_rate=3e-3, average_decay=0.998, weight_decay=2e-5)),
         "narrow": (dict(hidden=200), dict(learning_rate=3e-3, average_decay=0.998)),
+        # Three more around `wd` on the small sets (as many as the hierarchy's three below): a lower and a higher
+        # KL cap, and five times the L2.
+        "wd-beta0.1": ({}, dict(learning_rate=3e-3, average_decay=0.998, weight_decay=2e-5, beta_cap=0.1)),
+        "wd-beta0.4": ({}, dict(learning_rate=3e-3, average_decay=0.998, weight_decay=2e-5, beta_cap=0.4)),
+        "wd-1e-4": ({}, dict(learning_rate=3e-3, average_decay=0.998, weight_decay=1e-4)),
     },
     "multdae": {
         "liang": ({}, {}),
@@ -96,6 +101,11 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
         "wd": ({}, dict(weight_decay=2e-5)),
         "narrow": (dict(hidden=200, encoder_layers=2), {}),
         "narrow-wd": (dict(hidden=200, encoder_layers=2), dict(weight_decay=2e-5)),
+        # The same three moves as Mult-VAE's last three: a lower and a higher KL weight (gamma of beta_u = gamma
+        # |x_u|, 0.005 by default), and L2 of 1e-4.
+        "kl-lo": ({}, dict(kl_weight_per_item=0.002)),
+        "kl-hi": ({}, dict(kl_weight_per_item=0.0125)),
+        "wd-1e-4": ({}, dict(weight_decay=1e-4)),
     },
 }
 
