@@ -126,7 +126,8 @@ def configs_for(dataset: str, model: str, tag: str, seed: int, overrides: tuple[
     named = MODELS[model]
     model_fields, train_fields = overrides or GRIDS.get(model, {}).get(tag, ({}, {}))
     model_config = dataclasses.replace(named.config, **_tuples(model_fields))
-    train = {**dict(named.train), **BUDGET[dataset]}
+    # The budget's patience (in epochs) is the protocol: the named models' patience in updates stays out of it.
+    train = {**dict(named.train), **BUDGET[dataset], "early_stopping_updates": None}
     if train_fields.get("schedule", dict(named.train).get("schedule")) == "alternating":
         # A cycle of the alternating schedule is four epochs, one of them for the decoder: twice the cap and the
         # patience leave room to converge (a two-level RecVAE still improved at its 192nd of 200 epochs on ml-1m).

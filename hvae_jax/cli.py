@@ -134,6 +134,8 @@ TRAIN_FLAGS = (
     Flag("--encoder-epochs", "train", "encoder_epochs", int, "alternating schedule: encoder epochs per cycle (3)"),
     Flag("--decoder-epochs", "train", "decoder_epochs", int, "alternating schedule: decoder epochs per cycle (1)"),
     Flag("--early-stopping", "train", "early_stopping", _optional_int, "stop after N epochs without improvement"),
+    Flag("--early-stopping-updates", "train", "early_stopping_updates", _optional_int,
+         "stop after N updates (in whole epochs) without improvement; with --early-stopping, the longer wins"),
     Flag("--early-stopping-from", "train", "early_stopping_from", int,
          "epochs before this one never count towards early stopping"),
     Flag("--eval-every", "train", "eval_every", int, "validate every N epochs"),
@@ -228,11 +230,11 @@ def resolve_train_config(args: argparse.Namespace) -> tuple:
         sections[flag.section][flag.field] = _toml_value(args.config, key, value, flag)
     explicit_model_flags = set()
     for flag in TRAIN_FLAGS:
-        value = getattr(args, _flag_dest(flag))
-        if value is not None:
-            sections[flag.section][flag.field] = value
-            if flag.section == "model":
-                explicit_model_flags.add(flag.name)
+        if not hasattr(args, _flag_dest(flag)):
+            continue  # not given (the parser leaves it out); a given `none` is a value: it overrides
+        sections[flag.section][flag.field] = getattr(args, _flag_dest(flag))
+        if flag.section == "model":
+            explicit_model_flags.add(flag.name)
     if getattr(args, "no_valid", False):
         sections["settings"]["carve_validation"] = "none"
     kind = sections["model"].pop("kind", "vae")
@@ -444,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="if --workdir holds a run with other settings, delete that run's files and start clean "
                             "(otherwise such a run is refused, naming the settings that differ)")
     for flag in TRAIN_FLAGS:
-        train.add_argument(flag.name, dest=_flag_dest(flag), type=flag.parse, choices=flag.choices, help=flag.help)
+        train.add_argument(flag.name, dest=_flag_dest(flag), type=flag.parse, choices=flag.choices, help=flag.help,
+                           default=argparse.SUPPRESS)
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", parents=[debug],

@@ -95,6 +95,10 @@ NOT_FINGERPRINTED: Mapping[str, frozenset[str]] = {
     "train": frozenset({"steps_per_dispatch", "checkpoint_every"}),
 }
 CATALOGUE_LAYOUT_SETTINGS = frozenset({"ks", "logits_budget_mb"})
+
+# Settings added after runs were already written, with the value that behaves as those runs did: a stored config
+# without one resumes when the new run asks for that value (and is refused, by name, for any other).
+ADDED_SETTINGS: Mapping[tuple[str, str], Any] = {("train", "early_stopping_updates"): None}
 _DIRECTORIES = (TENSORBOARD_DIR, CHECKPOINTS_DIR, PLOTS_DIR)
 WAYS_OUT = ("To keep that run, train in a new --workdir; to discard it, pass --overwrite, which deletes the run's "
             f"files there ({', '.join(sorted(n + '/' if n in _DIRECTORIES else n for n in OWNED if '.tmp' not in n))}"
@@ -314,9 +318,15 @@ def compare(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[Differenc
                 continue
             if section == "settings" and name in CATALOGUE_LAYOUT_SETTINGS and _ABSENT in (old, value):
                 continue  # recorded on one side only because item sharding was switched: item_shards says it
+            if old is _ABSENT and (section, name) in ADDED_SETTINGS and _same(ADDED_SETTINGS[section, name], value):
+                continue  # written before the setting existed, resumed with the value that behaves the same
             note = ""
             if (section, name) == ("train", "epochs"):
                 note = "a run continues to more epochs, never fewer"
+            elif old is _ABSENT and (section, name) in ADDED_SETTINGS:
+                as_it_was = ADDED_SETTINGS[section, name]
+                note = (f"the run was written before this setting existed; "
+                        f"--{name.replace('_', '-')} {'none' if as_it_was is None else as_it_was} resumes it as it was")
             elif (section, name) == ("train", "anneal_epochs") and isinstance(old, int):
                 note = (f"the KL warm-up's length (unset: the run's epochs) sets every beta already trained; "
                         f"--anneal-epochs {old} keeps this run's schedule")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from hvae_jax import hooks, input_paths, parallel
 from hvae_jax.checkpoint import Checkpoints, abstract_like
-from hvae_jax.configs import CHECKPOINT_UPDATES
+from hvae_jax.configs import CHECKPOINT_UPDATES, TrainConfig
 from hvae_jax.data.batches import epoch_order, to_device
 from hvae_jax.data.splits import Split
 from hvae_jax.evaluate import DEFAULT_KS
@@ -227,6 +227,15 @@ def checkpoint_interval(checkpoint_every: int | None, steps_per_epoch: int) -> i
     if checkpoint_every is not None:
         return checkpoint_every
     return max(1, -(-CHECKPOINT_UPDATES // max(1, steps_per_epoch)))
+
+
+def early_stopping_patience(train: TrainConfig, steps_per_epoch: int) -> int | None:
+    """Epochs without a better validation before a run stops: the longer of `early_stopping` and
+    `early_stopping_updates` in whole epochs; None (never) when neither is set."""
+    if train.early_stopping is None and train.early_stopping_updates is None:
+        return None
+    by_updates = -(-(train.early_stopping_updates or 0) // max(1, steps_per_epoch))
+    return max(train.early_stopping or 0, by_updates)
 
 
 def check_finite(metrics: dict[str, np.ndarray], epoch: int, last_step: int) -> None:
@@ -471,7 +480,7 @@ def _default_hooks(setup: TrainSetup, split: Split, side: dict, checkpoints: Che
                 side=side.get("valid"), path=setup.path, with_active_units=setup.model_config.kind == "vae",
             ),
             hooks.KeepBest(),
-            hooks.EarlyStopping(train.early_stopping, every=train.eval_every, start=train.early_stopping_from,
+            hooks.EarlyStopping(early_stopping_patience(train, setup.steps_per_epoch), every=train.eval_every, start=train.early_stopping_from,
                                 log=log),
         ]
     loop_hooks += [
@@ -538,7 +547,7 @@ def fit_ensemble(
         validation = hooks.Validation(setup.path.eval_step(ks), split.valid, every=train.eval_every,
                                       last_epoch=train.epochs)
     keep_best = hooks.KeepBest()
-    stopping = hooks.EarlyStopping(train.early_stopping, every=train.eval_every, start=train.early_stopping_from,
+    stopping = hooks.EarlyStopping(early_stopping_patience(train, setup.steps_per_epoch), every=train.eval_every, start=train.early_stopping_from,
                                    log=lambda message: None)
     clock = _Clock()
     all_stopped = False

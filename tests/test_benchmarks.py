@@ -158,7 +158,7 @@ def test_hierarchy_candidates_reproduce_their_recorded_configs(tag):
     from benchmarks.accuracy import configs_for, run_path
     from benchmarks.hierarchy import CANDIDATES
     from hvae_jax.configs import model_config_to_dict
-    from hvae_jax.rundir import NOT_FINGERPRINTED
+    from hvae_jax.rundir import ADDED_SETTINGS, NOT_FINGERPRINTED
 
     record = json.loads(run_path("ml-1m", "hvae", tag, 1).read_text())
     _, model, train = configs_for("ml-1m", "hvae", tag, 1, CANDIDATES[tag])
@@ -167,7 +167,9 @@ def test_hierarchy_candidates_reproduce_their_recorded_configs(tag):
     assert as_json(model_config_to_dict(model)) == {"separate_heads": False, **record["model_config"]}
     # Settings that do not change results (how often `latest` is written: its default changed since) are left out.
     results_only = lambda fields: {k: v for k, v in fields.items() if k not in NOT_FINGERPRINTED["train"]}  # noqa: E731
-    assert results_only(as_json(dataclasses.asdict(train))) == results_only(record["train_config"])
+    # early_stopping_updates came after them too; rundir.ADDED_SETTINGS holds the value that behaves as they did.
+    added = {name: value for (section, name), value in ADDED_SETTINGS.items() if section == "train"}
+    assert results_only(as_json(dataclasses.asdict(train))) == results_only({**added, **record["train_config"]})
 
 
 def test_the_named_hvae_is_the_ablations_winner():
@@ -241,3 +243,20 @@ def test_record_of_an_interrupted_run_says_when_it_came_within_one_percent_of_it
     untimed = [{"epoch": 1, "valid_ndcg@100": 0.2}, {"epoch": 2, "valid_ndcg@100": 0.3, "train_seconds": 5.0}]
     assert accuracy.time_to_fraction_of_best(untimed) == {"fraction": 0.99, "best_valid_ndcg@100": 0.3, "epoch": 2,
                                                           "valid_ndcg@100": 0.3, "train_seconds": None}
+
+
+def test_early_stopping_replay_follows_the_patience_rule_and_counts_updates_per_epoch(tmp_path):
+    from benchmarks import early_stopping
+
+    # Best at epoch 3 (0.40); a later 0.41 at epoch 9 is seen only with patience above 5.
+    curve = list(enumerate([0.30, 0.35, 0.40, 0.39, 0.38, 0.40, 0.37, 0.36, 0.41, 0.39], start=1))
+    short = early_stopping.replay(curve, patience=5)
+    assert (short["stop_epoch"], short["kept_epoch"], short["stopped"]) == (8, 3, True)
+    assert short["kept_fraction_of_best"] == pytest.approx(0.40 / 0.41)
+    long = early_stopping.replay(curve, patience=6)
+    assert (long["stop_epoch"], long["kept_epoch"], long["kept_fraction_of_best"]) == (10, 9, 1.0)
+    assert not long["stopped"]
+    # The training users come from the split summary a given-split record stores.
+    record = {"results": {"split": {"train": {"users": 70_679}}}, "train_config": {"batch_size": 500}}
+    assert early_stopping.updates_per_epoch(record) == 142
+    assert early_stopping.updates_per_epoch({"results": {}, "train_config": {"batch_size": 500}}) is None

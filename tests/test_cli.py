@@ -42,6 +42,18 @@ def test_mult_dae_gets_liangs_weight_decay(capsys):
     assert resolved["train"]["weight_decay"] == pytest.approx(0.01 / 100)
 
 
+def test_early_stopping_defaults_and_a_given_none_overrides_them(capsys):
+    train = lambda *argv: _printed_config(capsys, *argv)["train"]  # noqa: E731
+    assert (train("--model", "multvae")["early_stopping_updates"], train("--model", "multdae")["early_stopping_updates"]
+            ) == (1500, 1500)
+    assert train("--model", "hvae")["early_stopping"] == 80
+    # `none` given on the command line is a value: it switches the named model's rule off.
+    assert train("--model", "multvae", "--early-stopping-updates", "none")["early_stopping_updates"] is None
+    assert train("--model", "hvae", "--early-stopping", "none")["early_stopping"] is None
+    # The reproduction presets keep their papers' fixed epochs.
+    assert train("--preset", "liang-multvae-ml20m")["early_stopping_updates"] is None
+
+
 def test_unknown_config_key_is_named(tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text("epochz = 3\n")

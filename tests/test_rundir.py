@@ -214,6 +214,7 @@ REFUSED = [
     ("train", "beta_cap", 0.5),
     ("train", "eval_every", 5),
     ("train", "early_stopping", 10),
+    ("train", "early_stopping_updates", 1500),  # absent from the stored run: written before the setting existed
     ("train", "average_decay", 0.999),
     ("train", "input_path", "sparse"),
     ("train", "some_future_setting", 1),
@@ -237,6 +238,22 @@ def test_a_changed_setting_is_refused_by_name_and_nothing_changes(tmp_path, sect
     assert f"{section}.{name}: {old} -> {new}" in message
     assert "new --workdir" in message and "--overwrite" in message
     assert [(d.section, d.name) for d in refused.value.differences] == [(section, name)]
+
+
+def test_a_run_written_before_a_setting_existed_resumes_with_the_value_that_behaves_as_it_did(tmp_path):
+    workdir = tmp_path / "run"
+    make_run(workdir)  # TRAIN has no early_stopping_updates, as config.json files written before it existed
+    assert "early_stopping_updates" not in read_config(workdir)["train"]
+    assert rundir.ADDED_SETTINGS[("train", "early_stopping_updates")] is None
+    with pytest.raises(RunDirError, match=r"\(not recorded\) -> 1500 \(the run was written before this setting "
+                                          r"existed; --early-stopping-updates none resumes it as it was\)"):
+        RunDir.open_for_training(workdir, **configuration(train__early_stopping_updates=1500))
+    with RunDir.open_for_training(workdir, **configuration(train__early_stopping_updates=None)) as run:
+        assert run.resumed
+    assert read_config(workdir)["train"]["early_stopping_updates"] is None
+    # Once recorded, the setting compares as any other.
+    with pytest.raises(RunDirError, match=r"train.early_stopping_updates: unset -> 1500"):
+        RunDir.open_for_training(workdir, **configuration(train__early_stopping_updates=1500))
 
 
 def test_every_difference_is_named_at_once(tmp_path):

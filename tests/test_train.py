@@ -153,11 +153,16 @@ def test_mult_dae_trains(split, tmp_path):
     assert set(result.final_params) == {"encoder", "decoder_output"}
 
 
-def test_early_stopping_stops_and_stays_stopped(split, tmp_path):
-    # A learning rate too small to move float32 parameters leaves validation flat, so with patience 1 the run stops
-    # at the second epoch; whatever the numbers, the stop must follow the patience rule.
-    patience, epochs = 1, 8
-    train = dataclasses.replace(TRAIN, epochs=epochs, learning_rate=1e-9, early_stopping=patience)
+@pytest.mark.parametrize("stopping, patience", [
+    (dict(early_stopping=1), 1),
+    (dict(early_stopping_updates=6), 2),  # 5 updates an epoch: 6 updates are 2 whole epochs
+    (dict(early_stopping=1, early_stopping_updates=6), 2),  # the longer of the two
+])
+def test_early_stopping_stops_and_stays_stopped(split, tmp_path, stopping, patience):
+    # A learning rate too small to move float32 parameters leaves validation flat, so the run stops `patience`
+    # epochs after its first; whatever the numbers, the stop must follow the patience rule.
+    epochs = 8
+    train = dataclasses.replace(TRAIN, epochs=epochs, learning_rate=1e-9, **stopping)
     messages: list[str] = []
     result = fit(MODEL, train, split, tmp_path, progress=False, log=messages.append)
     ndcg = [row["valid"][VALIDATION_METRIC] for row in result.history]
@@ -174,6 +179,8 @@ def test_early_stopping_stops_and_stays_stopped(split, tmp_path):
     assert result.epochs_run == expected_stop < epochs
     assert any("early stopping after epoch" in message for message in messages)
     assert result.best_epoch == int(np.argmax(ndcg)) + 1
+
+    assert f"no validation improvement in {patience} epochs" in " ".join(messages)
 
     # Calling fit again in the same workdir resumes into the stopped state and trains no further.
     again = fit(MODEL, train, split, tmp_path, progress=False, log=messages.append)
@@ -302,3 +309,17 @@ def test_ctrl_c_finishes_the_epoch_checkpoints_it_and_the_run_resumes_exactly(sp
     assert resumed.resumed_from == 2
     assert without_timings(resumed.history) == without_timings(whole.history)
     assert_trees_equal(resumed.final_params, whole.final_params)
+
+
+def test_early_stopping_patience_counts_updates_in_whole_epochs_and_takes_the_longer_rule():
+    patience = train_module.early_stopping_patience
+    assert patience(TrainConfig(), steps_per_epoch=5) is None
+    assert patience(TrainConfig(early_stopping=7), steps_per_epoch=5) == 7
+    # amazon-book's given split at batch 500 (142 updates an epoch), ml-1m's strong split (10), a small set (1).
+    assert patience(TrainConfig(early_stopping_updates=1500), steps_per_epoch=142) == 11
+    assert patience(TrainConfig(early_stopping_updates=1500), steps_per_epoch=10) == 150
+    assert patience(TrainConfig(early_stopping_updates=1500), steps_per_epoch=1) == 1500
+    assert patience(TrainConfig(early_stopping=80, early_stopping_updates=1500), steps_per_epoch=142) == 80
+    assert patience(TrainConfig(early_stopping=80, early_stopping_updates=1500), steps_per_epoch=10) == 150
+    with pytest.raises(ValueError, match="early_stopping_updates must be a positive"):
+        TrainConfig(early_stopping_updates=0)
