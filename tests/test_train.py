@@ -294,12 +294,18 @@ def test_ctrl_c_finishes_the_epoch_checkpoints_it_and_the_run_resumes_exactly(sp
             signal.raise_signal(signal.SIGINT)  # arrives while the epoch's hooks run
 
     messages: list[str] = []
-    with monkeypatch.context() as patch:
-        patch.setattr(hooks.Validation, "after_epoch", ctrl_c_in_epoch_2)
-        with pytest.raises(KeyboardInterrupt, match="after epoch 2"):
-            fit(MODEL, train, split, tmp_path / "run", progress=False, log=messages.append)
-    assert any("finishing this epoch" in message for message in messages)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    # A shell without job control starts background jobs with SIGINT ignored (`cmd &` in a script), and Python then
+    # keeps it ignored: give this test the disposition of a terminal, where fit installs its handler.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(hooks.Validation, "after_epoch", ctrl_c_in_epoch_2)
+            with pytest.raises(KeyboardInterrupt, match="after epoch 2"):
+                fit(MODEL, train, split, tmp_path / "run", progress=False, log=messages.append)
+        assert any("finishing this epoch" in message for message in messages)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     checkpoints = Checkpoints(tmp_path / "run", create=False)
     try:
         assert checkpoints.latest_epoch("latest") == 2
