@@ -260,3 +260,17 @@ def test_early_stopping_replay_follows_the_patience_rule_and_counts_updates_per_
     record = {"results": {"split": {"train": {"users": 70_679}}}, "train_config": {"batch_size": 500}}
     assert early_stopping.updates_per_epoch(record) == 142
     assert early_stopping.updates_per_epoch({"results": {}, "train_config": {"batch_size": 500}}) is None
+
+
+def test_bias_gradient_sums_agree_and_hlo_ops_are_traced_to_their_source():
+    from benchmarks import bias_gradient
+
+    row = bias_gradient.reduction_timings(batch=8, n_items=30, repeats=1)
+    assert row["same_sums"] is True
+    assert set(row["median_ms"]) == {"g.sum(0)", "g.T.sum(1)", "ones[batch] @ g"}
+    assert all(ms >= 0 for ms in row["median_ms"].values())
+    text = ('%ynn_fusion.23 = f32[20108]{0} fusion(%a, %b), kind=kCustom, calls=%c, metadata={op_name="jit(chunk)/'
+            'decoder_output/reduce_sum" stack_frame_id=580}\n  %dot.21 = f32[4,5]{1,0} dot(%x, %y), metadata={op_name='
+            '"jit(chunk)/decoder_output/transpose"}\n  %constant.1 = f32[] constant(0)')
+    assert bias_gradient._op_sources(text) == {"ynn_fusion.23": "jit(chunk)/decoder_output/reduce_sum",
+                                               "dot.21": "jit(chunk)/decoder_output/transpose"}
