@@ -6,10 +6,12 @@
 Each record under `benchmarks/results/runs/` (and the amazon-book record of the default Mult-VAE) keeps its
 validation NDCG@100 per epoch. A rule "stop after P validated epochs without a better one" is replayed on that
 curve: where it would have stopped, and the best validation it would have kept as a fraction of the best the
-recorded run reached. Patience in updates becomes ceil(updates / updates per epoch) epochs, the updates per epoch
-being ceil(training users / batch size), the training users those of the record's split (rebuilt from its
-settings, which is deterministic, or read from the split summary it stores). A rule that does not stop within the recorded epochs keeps everything recorded; the
-run may have been cut by its own, shorter rule, so "kept 1.0" means "no loss within what was recorded".
+recorded run reached. Patience in updates becomes ceil(updates / updates per epoch) epochs (as `fit` converts it),
+the updates per epoch being ceil(training users / batch size), the training users those of the record's split
+(rebuilt from its settings, which is deterministic, or read from the split summary it stores). Patience counts
+epochs since the best one, as `fit`'s rule does, so a curve validated every few epochs replays right too. A rule
+that does not stop within the recorded epochs keeps everything recorded; the run may have been cut by its own,
+shorter rule, so "kept 1.0" means "no loss within what was recorded".
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import json
 import math
 import pathlib
 import statistics
+
+from hvae_jax.train import epochs_covering
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -32,19 +36,17 @@ def validation_curve(history: list[dict]) -> list[tuple[int, float]]:
 
 
 def replay(curve: list[tuple[int, float]], patience: int) -> dict:
-    """Where "stop after `patience` validated epochs without improvement" stops on `curve`, and what it keeps."""
-    best, best_epoch, without = -math.inf, None, 0
-    stop = curve[-1][0]
+    """Where "stop once `patience` epochs have passed since the best validation" stops on `curve` (checked at the
+    validated epochs), and what it keeps."""
+    best, best_epoch, stop, stopped = -math.inf, None, curve[-1][0], False
     for epoch, value in curve:
         if value > best:
-            best, best_epoch, without = value, epoch, 0
-        else:
-            without += 1
-            if without >= patience:
-                stop = epoch
-                break
+            best, best_epoch = value, epoch
+        elif epoch - best_epoch >= patience:
+            stop, stopped = epoch, True
+            break
     overall = max(value for _, value in curve)
-    return {"stop_epoch": stop, "stopped": stop < curve[-1][0] or without >= patience, "kept_epoch": best_epoch,
+    return {"stop_epoch": stop, "stopped": stopped, "kept_epoch": best_epoch,
             "kept_fraction_of_best": best / overall, "epochs_recorded": curve[-1][0]}
 
 
@@ -64,7 +66,7 @@ def updates_per_epoch(record: dict) -> int | None:
         users = _training_users_of(json.dumps(record["settings"], sort_keys=True))
     if users is None or not train.get("batch_size"):
         return None
-    return math.ceil(users / train["batch_size"])
+    return epochs_covering(users, train["batch_size"])  # batches of the training users
 
 
 def records(models: set[str]) -> list[tuple[str, dict]]:
@@ -88,16 +90,16 @@ def study(models: set[str], epoch_rules: list[int], update_rules: list[int]) -> 
             row["rules"][f"{patience} epochs"] = replay(curve, patience)
         for updates in update_rules:
             if steps is not None:
-                row["rules"][f"{updates} updates"] = replay(curve, math.ceil(updates / steps))
+                row["rules"][f"{updates} updates"] = replay(curve, epochs_covering(updates, steps))
         rows.append(row)
     summary = {}
     for rule in [f"{p} epochs" for p in epoch_rules] + [f"{u} updates" for u in update_rules]:
-        kept = [row["rules"][rule]["kept_fraction_of_best"] for row in rows if rule in row["rules"]]
-        stopped = [row["rules"][rule] for row in rows if rule in row["rules"]]
-        if kept:
+        outcomes = [row["rules"][rule] for row in rows if rule in row["rules"]]
+        kept = [outcome["kept_fraction_of_best"] for outcome in outcomes]
+        if outcomes:
             summary[rule] = {"records": len(kept), "worst_kept": min(kept), "median_kept": statistics.median(kept),
                              "below_0.99": sum(k < 0.99 for k in kept),
-                             "epochs_saved_total": sum(s["epochs_recorded"] - s["stop_epoch"] for s in stopped)}
+                             "epochs_saved_total": sum(o["epochs_recorded"] - o["stop_epoch"] for o in outcomes)}
     return {"models": sorted(models), "rows": rows, "summary": summary}
 
 

@@ -318,12 +318,13 @@ def compare(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[Differenc
                 continue
             if section == "settings" and name in CATALOGUE_LAYOUT_SETTINGS and _ABSENT in (old, value):
                 continue  # recorded on one side only because item sharding was switched: item_shards says it
-            if old is _ABSENT and (section, name) in ADDED_SETTINGS and _same(ADDED_SETTINGS[section, name], value):
+            added_since = old is _ABSENT and (section, name) in ADDED_SETTINGS
+            if added_since and _same(ADDED_SETTINGS[section, name], value):
                 continue  # written before the setting existed, resumed with the value that behaves the same
             note = ""
             if (section, name) == ("train", "epochs"):
                 note = "a run continues to more epochs, never fewer"
-            elif old is _ABSENT and (section, name) in ADDED_SETTINGS:
+            elif added_since:
                 as_it_was = ADDED_SETTINGS[section, name]
                 note = (f"the run was written before this setting existed; "
                         f"--{name.replace('_', '-')} {'none' if as_it_was is None else as_it_was} resumes it as it was")

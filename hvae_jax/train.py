@@ -222,11 +222,16 @@ def _merge(*trees):
     return flax.traverse_util.unflatten_dict(merged)
 
 
+def epochs_covering(updates: int, steps_per_epoch: int) -> int:
+    """The whole epochs that hold at least `updates` updates: ceil(updates / steps_per_epoch)."""
+    return -(-updates // max(1, steps_per_epoch))
+
+
 def checkpoint_interval(checkpoint_every: int | None, steps_per_epoch: int) -> int:
     """Epochs between two `latest` checkpoints: `checkpoint_every`, or by `CHECKPOINT_UPDATES` when None."""
     if checkpoint_every is not None:
         return checkpoint_every
-    return max(1, -(-CHECKPOINT_UPDATES // max(1, steps_per_epoch)))
+    return max(1, epochs_covering(CHECKPOINT_UPDATES, steps_per_epoch))
 
 
 def early_stopping_patience(train: TrainConfig, steps_per_epoch: int) -> int | None:
@@ -234,8 +239,7 @@ def early_stopping_patience(train: TrainConfig, steps_per_epoch: int) -> int | N
     `early_stopping_updates` in whole epochs; None (never) when neither is set."""
     if train.early_stopping is None and train.early_stopping_updates is None:
         return None
-    by_updates = -(-(train.early_stopping_updates or 0) // max(1, steps_per_epoch))
-    return max(train.early_stopping or 0, by_updates)
+    return max(train.early_stopping or 0, epochs_covering(train.early_stopping_updates or 0, steps_per_epoch))
 
 
 def check_finite(metrics: dict[str, np.ndarray], epoch: int, last_step: int) -> None:
@@ -480,7 +484,8 @@ def _default_hooks(setup: TrainSetup, split: Split, side: dict, checkpoints: Che
                 side=side.get("valid"), path=setup.path, with_active_units=setup.model_config.kind == "vae",
             ),
             hooks.KeepBest(),
-            hooks.EarlyStopping(early_stopping_patience(train, setup.steps_per_epoch), every=train.eval_every, start=train.early_stopping_from,
+            hooks.EarlyStopping(early_stopping_patience(train, setup.steps_per_epoch), every=train.eval_every,
+                                start=train.early_stopping_from,
                                 log=log),
         ]
     loop_hooks += [
@@ -547,7 +552,8 @@ def fit_ensemble(
         validation = hooks.Validation(setup.path.eval_step(ks), split.valid, every=train.eval_every,
                                       last_epoch=train.epochs)
     keep_best = hooks.KeepBest()
-    stopping = hooks.EarlyStopping(early_stopping_patience(train, setup.steps_per_epoch), every=train.eval_every, start=train.early_stopping_from,
+    stopping = hooks.EarlyStopping(early_stopping_patience(train, setup.steps_per_epoch), every=train.eval_every,
+                                   start=train.early_stopping_from,
                                    log=lambda message: None)
     clock = _Clock()
     all_stopped = False
