@@ -27,13 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hvae_jax import metrics, parallel
+from hvae_jax import metrics, parallel, shared_rows
 from hvae_jax.data.batches import BatchSlots, DeviceCSR, batch_slots, densify, max_batch_nnz, to_device
 from hvae_jax.data.splits import EvalSet
 from hvae_jax.evaluate import DEFAULT_KS, make_eval_step, model_scorer
 from hvae_jax.models import item_sharded
 from hvae_jax.models import sparse as sparse_layer
-from hvae_jax.models.hvae import build_model, draw_noise, output_layer_path, project_first_layers
+from hvae_jax.models.hvae import build_model, draw_noise, output_bias_path, output_layer_path, project_first_layers
 from hvae_jax.models.layers import Projected
 from hvae_jax.models.likelihoods import build_likelihood
 from hvae_jax.objectives import UserTerms, combine_terms, per_user_terms, prior_context
@@ -215,15 +215,19 @@ class SparsePath(InputPath):
         projections = self.projections(params, slots, dropout_key=dropout_key)
         previous = None if snapshot is None else self.projections(snapshot, slots, dropout_key=None)
 
-        def one_user(projections_u, side_u, key_u, previous_u):
+        def one_user(params_u, projections_u, side_u, key_u, previous_u):
             noise = None if key_u is None else draw_noise(model.config, model.n_items, key=key_u, dropout=False)
             context = None if previous_u is None else prior_context(model, snapshot, None, side_u, previous_u)
-            return model.apply({"params": params}, None, side_u, noise, projections=projections_u,
+            return model.apply({"params": params_u}, None, side_u, noise, projections=projections_u,
                                prior_state=prior_state, prior_context=context, output_layer=output_layer,
                                with_kl=user_keys is not None)
 
-        in_axes = (0, None if side is None else 0, None if user_keys is None else 0, None if previous is None else 0)
-        return jax.vmap(one_user, in_axes=in_axes)(projections, side, user_keys, previous)
+        # In training the output bias reaches each user as a row of its own: its gradient is summed by a product.
+        shared = [output_bias_path(self.config)] if output_layer and user_keys is not None else []
+        rows, axes = shared_rows.per_user(params, shared, slots.lengths.shape[0])
+        in_axes = (axes, 0, None if side is None else 0, None if user_keys is None else 0,
+                   None if previous is None else 0)
+        return jax.vmap(one_user, in_axes=in_axes)(rows, projections, side, user_keys, previous)
 
     def user_terms(self, params, snapshot, slots, side, user_keys, prior_state, *, key, dropout):
         output = self.middle(params, snapshot, slots, side, user_keys, prior_state, key=key, dropout=dropout,

@@ -11,7 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hvae_jax.models.hvae import draw_noise
+from hvae_jax import shared_rows
+from hvae_jax.models.hvae import draw_noise, output_bias_path
 from hvae_jax.models.likelihoods import build_likelihood
 from hvae_jax.models.priors import PriorContext, build_prior
 
@@ -72,12 +73,14 @@ def per_user_terms(
     model: nn.Module, params, x: jax.Array, side: jax.Array | None, user_keys: jax.Array | None, *,
     prior_state: Any = None, snapshot: Any = None, dropout: bool = True,
 ) -> UserTerms:
-    """`user_terms` vmapped over a dense batch x: [batch, n_items] (side [batch, F] or None, user_keys [batch])."""
+    """`user_terms` vmapped over a dense batch x: [batch, n_items] (side [batch, F] or None, user_keys [batch]).
+    The output bias reaches each user as a row of its own (`shared_rows`: its gradient summed by a product)."""
+    rows, axes = shared_rows.per_user(params, [output_bias_path(model.config)], x.shape[0])
     return jax.vmap(
-        lambda x_u, side_u, key_u: user_terms(model, params, x_u, side_u, key=key_u, prior_state=prior_state,
-                                              snapshot=snapshot, dropout=dropout),
-        in_axes=(0, None if side is None else 0, None if user_keys is None else 0),
-    )(x, side, user_keys)
+        lambda params_u, x_u, side_u, key_u: user_terms(model, params_u, x_u, side_u, key=key_u,
+                                                        prior_state=prior_state, snapshot=snapshot, dropout=dropout),
+        in_axes=(axes, 0, None if side is None else 0, None if user_keys is None else 0),
+    )(rows, x, side, user_keys)
 
 
 def batch_loss(

@@ -305,3 +305,29 @@ def test_importance_weighted_bound_is_above_the_elbo_and_rises_with_k():
             np.testing.assert_allclose(bound, elbo, rtol=1e-6)
         mean_bound[k] = bound.mean()
     assert mean_bound[1] < mean_bound[10] < mean_bound[100], mean_bound
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_batch_gradient_equals_sum_of_per_user_gradients(name):
+    """The vmapped loss hands the output bias to each user as a row of its own (`shared_rows`): its gradient, and
+    every other parameter's, equals the mean of the per-user gradients taken one user at a time."""
+    model, params, x, key, _, _ = looped_terms(name)
+    betas = jnp.asarray(np.linspace(0.3, 0.7, MODELS[name].n_levels), jnp.float32)
+    weights = jnp.asarray(np.r_[np.ones(N_REAL), np.zeros(N_PADDING)], jnp.float32)
+    batch_grad = jax.jit(jax.grad(
+        lambda params: batch_loss(params, model, TrainConfig(), jnp.asarray(x), None, weights, betas, key=key)[0]
+    ))(params)
+    user_keys = jax.random.split(key, N_REAL + N_PADDING)
+
+    def one_user_loss(params, u):
+        terms = user_terms(model, params, jnp.asarray(x[u]), None, key=user_keys[u])
+        return terms.nll + jnp.sum(betas * terms.kl)
+
+    per_user = [jax.grad(one_user_loss)(params, u) for u in range(N_REAL)]
+    expected = jax.tree.map(lambda *grads: np.mean(np.asarray(grads, np.float64), axis=0), *per_user)
+    assert batch_grad["decoder_output"]["bias"].shape == (N_ITEMS,)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(batch_grad):
+        want = expected
+        for entry in path:
+            want = want[entry.key]
+        np.testing.assert_allclose(np.asarray(leaf), want, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))

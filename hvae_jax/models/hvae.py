@@ -96,6 +96,11 @@ def output_layer_path(config) -> tuple[str, ...]:
     return ("decoder_output",)
 
 
+def output_bias_path(config) -> tuple[str, ...]:
+    """Where the output layer's bias [n_items] sits in the parameters."""
+    return (*output_layer_path(config), "bias")
+
+
 def kl_estimators(config) -> tuple[str, ...]:
     """Which KL estimate each level uses (bottom first): "analytic" or "monte_carlo"."""
     lower = "analytic" if config.kl_estimator == "analytic" else "monte_carlo"
