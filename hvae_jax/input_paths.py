@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hvae_jax import metrics, parallel, shared_rows
+from hvae_jax import metrics, parallel
 from hvae_jax.data.batches import BatchSlots, DeviceCSR, batch_slots, densify, max_batch_nnz, to_device
 from hvae_jax.data.splits import EvalSet
 from hvae_jax.evaluate import DEFAULT_KS, make_eval_step, model_scorer
 from hvae_jax.models import item_sharded
+from hvae_jax.models import shared_rows
 from hvae_jax.models import sparse as sparse_layer
 from hvae_jax.models.hvae import build_model, draw_noise, output_bias_path, output_layer_path, project_first_layers
 from hvae_jax.models.layers import Projected

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hvae_jax import shared_rows
+from hvae_jax.models import shared_rows
 from hvae_jax.models.hvae import draw_noise, output_bias_path
 from hvae_jax.models.likelihoods import build_likelihood
 from hvae_jax.models.priors import PriorContext, build_prior

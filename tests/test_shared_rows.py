@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hvae_jax import shared_rows
+from hvae_jax.models import shared_rows
 
 
 def test_broadcast_rows_values_and_gradient_against_numpy():

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from hvae_jax.models import shared_rows
 from hvae_jax.models import sparse as sparse_layer
 from hvae_jax.models.hvae import input_branches, output_layer_path
 from hvae_jax.models.likelihoods import build_likelihood
@@ -183,7 +184,9 @@ def _local_logsumexp_bwd(n_items, chunk, compute_dtype, residuals, lse_cotangent
         logits_gradient = lse_cotangent[:, None] * softmax
         kernel_chunk = jax.lax.dynamic_slice_in_dim(kernel, index * chunk, chunk, axis=1)
         h_gradient = h_gradient + jnp.dot(logits_gradient, kernel_chunk.T.astype(jnp.float32)).astype(h.dtype)
-        return h_gradient, (jnp.dot(h.T.astype(jnp.float32), logits_gradient), jnp.sum(logits_gradient, axis=0))
+        # The bias gradient sums over the batch as a product (a reduction is far slower on XLA's CPU backend).
+        bias_gradient = shared_rows.sum_rows(logits_gradient)
+        return h_gradient, (jnp.dot(h.T.astype(jnp.float32), logits_gradient), bias_gradient)
 
     h_gradient, (kernel_chunks, bias_chunks) = jax.lax.scan(
         chunk_gradients, _varying(jnp.zeros(h.shape, h.dtype)), jnp.arange(n_chunks)

@@ -12,7 +12,8 @@ whose backward pass is that product, and returns the vmap `in_axes` that hands e
   jax.vmap(lambda params_u, x_u: one_user(params_u, x_u), in_axes=(axes, 0))(rows, x)
 
 The forward values are unchanged (a broadcast XLA fuses into its consumer); the gradient is the same sum, in float32
-at full precision on every backend.
+at full precision on every backend. `sum_rows` is that product on its own, for backward passes written by hand (the
+item-sharded output layer's).
 """
 
 from __future__ import annotations
@@ -35,11 +36,17 @@ def _broadcast_rows_fwd(value, batch):
     return broadcast_rows(value, batch), None
 
 
-def _broadcast_rows_bwd(batch, _, cotangent):
-    flat = cotangent.reshape(batch, -1)
-    ones = jnp.ones((batch,), flat.dtype)
+def sum_rows(rows: jax.Array) -> jax.Array:
+    """rows.sum(0) written as ones[batch] @ rows, at full float32 precision on every backend."""
+    flat = rows.reshape(rows.shape[0], -1)
+    ones = jnp.ones((rows.shape[0],), flat.dtype)
     total = jax.lax.dot_general(ones, flat, (((0,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
-    return (total.reshape(cotangent.shape[1:]),)
+    return total.reshape(rows.shape[1:])
+
+
+def _broadcast_rows_bwd(batch, _, cotangent):
+    del batch
+    return (sum_rows(cotangent),)
 
 
 broadcast_rows.defvjp(_broadcast_rows_fwd, _broadcast_rows_bwd)
