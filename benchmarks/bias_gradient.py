@@ -8,17 +8,28 @@ batch, written three ways: `g.sum(0)` (what JAX's vmap transpose emits for a par
 same sum over the other axis of the transposed array, and the product `ones[batch] @ g`. Part 2 profiles one
 jitted update of a model's schedule phase at a synthetic shape (`jax.profiler`, the XLA operations of the trace
 with the model code each comes from) and reports the operations that take the most time per update.
+
+Part 3 (`--ab`) measures the fix, `hvae_jax.models.shared_rows` (the output bias handed to each user as a row of
+its own, its gradient summed by a product), against the bias closed over as before: the same update compiled twice
+in one process, once with `shared_rows.per_user` replaced by a pass-through (every parameter closed over, the vmap
+transpose's reduction), from the same state and batches. It checks that both give the same loss and parameters,
+then times single calls alternated (the order flipped every round) and reports the median ratio before / after.
+
+  python -m benchmarks.bias_gradient --ab multvae:joint:ml-20m,hvae:decoder:ml-20m --skip-profile --items ""
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gzip
 import json
+import os
 import pathlib
 import re
 import statistics
+import sys
 import tempfile
 import time
 
@@ -102,6 +113,66 @@ def profile_update(model: str, phase_name: str, shape: str, n_users: int, top: i
             "ms_per_update_traced": wall / per_update * 1e3, "top_ops": rows}
 
 
+def _closed_over(params, paths, batch):
+    """The pass-through that `--ab` puts in place of `shared_rows.per_user`: every parameter closed over."""
+    del paths, batch
+    return params, jax.tree.map(lambda _: None, params)
+
+
+def ab_update(model: str, phase_name: str, shape: str, n_users: int, rounds: int) -> dict:
+    """One update chunk of `model`'s `phase_name` at `shape`, compiled with the output bias as per-user rows
+    ("after") and closed over ("before"): same state, same batches; values compared, single calls timed in turn."""
+    from unittest import mock
+
+    from benchmarks import runners
+    from benchmarks.synthetic_shapes import SHAPES, make_shape
+    from hvae_jax.data.batches import epoch_order, to_device
+    from hvae_jax.models import shared_rows
+    from hvae_jax.train import TrainSetup
+
+    matrix_host = make_shape(SHAPES[shape], n_users=n_users)
+    matrix = to_device(matrix_host)
+    updates = 2
+
+    def build(patched: bool):
+        setup = TrainSetup.build(runners.model_config(model), runners.train_config(model, 500), matrix_host)
+        phase = runners.schedule_phase(setup, phase_name)
+        order = epoch_order(jax.random.fold_in(setup.keys.shuffle, 0), setup.n_train, setup.batch_size)[:updates]
+        state = setup.init_state()
+        start = time.perf_counter()
+        with mock.patch.object(shared_rows, "per_user", _closed_over) if patched else contextlib.nullcontext():
+            compiled = setup.update_chunk(phase).lower(state, order, setup.keys.train, matrix, None).compile()
+        return {"compiled": compiled, "order": order, "key": setup.keys.train, "state": state,
+                "compile_seconds": time.perf_counter() - start, "path": setup.path.name}
+
+    sides = {"after": build(False), "before": build(True)}
+    outputs = {}
+    for name, side in sides.items():  # the first call of each from the same initial state: the same update
+        side["state"], metrics = side["compiled"](side["state"], side["order"], side["key"], matrix, None)
+        outputs[name] = jax.device_get((side["state"].params, metrics))
+    same = all(np.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(jax.tree.leaves(outputs["after"]),
+                                                                           jax.tree.leaves(outputs["before"])))
+    seconds = {"after": [], "before": []}
+    for round_index in range(rounds):
+        for name in (("after", "before") if round_index % 2 == 0 else ("before", "after")):
+            side = sides[name]
+            start = time.perf_counter()
+            side["state"], metrics = side["compiled"](side["state"], side["order"], side["key"], matrix, None)
+            jax.block_until_ready((side["state"], metrics))
+            seconds[name].append(time.perf_counter() - start)
+    ratios = sorted(b / a for a, b in zip(seconds["after"], seconds["before"]))
+    quartile = lambda q: float(np.quantile(ratios, q))
+    return {"model": model, "phase": phase_name, "shape": shape, "input_path": sides["after"]["path"],
+            "updates_per_call": updates, "batch_size": 500, "rounds": rounds, "same_update": bool(same),
+            "programs_differ": sides["after"]["compiled"].as_text() != sides["before"]["compiled"].as_text(),
+            "ms_per_update_median": {name: statistics.median(values) / updates * 1e3 for name, values in
+                                     seconds.items()},
+            "compile_seconds": {name: side["compile_seconds"] for name, side in sides.items()},
+            "speedup_before_over_after": {"median": statistics.median(ratios), "q1": quartile(0.25),
+                                          "q3": quartile(0.75), "min": ratios[0], "max": ratios[-1]},
+            "seconds": seconds, "load_average": os.getloadavg()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=500)
@@ -111,11 +182,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", default="hvae:decoder,hvae:encoder", help="model:phase pairs to profile")
     parser.add_argument("--shape", default="ml-20m")
     parser.add_argument("--profile-users", type=int, default=3000)
+    parser.add_argument("--ab", default="", help="model:phase:shape triples to time before / after shared_rows")
+    parser.add_argument("--ab-users", type=int, default=3000, help="synthetic training users for --ab")
+    parser.add_argument("--ab-rounds", type=int, default=15)
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS / "bias-gradient-cpu-2core.json")
     args = parser.parse_args(argv)
     result = {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
-              "reductions": [reduction_timings(args.batch, int(n), args.repeats) for n in args.items.split(",")],
-              "profiles": []}
+              "command": "python -m benchmarks.bias_gradient " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "reductions": [reduction_timings(args.batch, int(n), args.repeats) for n in args.items.split(",") if n],
+              "profiles": [], "ab": []}
     for row in result["reductions"]:
         print(f"[{row['batch']}, {row['n_items']}]: " + ", ".join(
             f"{name} {ms:.1f} ms" for name, ms in row["median_ms"].items()) + f"; same sums: {row['same_sums']}")
@@ -128,6 +203,15 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{profile['ms_per_update_traced']:.0f} ms an update (traced)")
             for op in profile["top_ops"]:
                 print(f"  {op['ms_per_update']:7.1f} ms  {op['op']:<28} {op['source'][-90:]}")
+    for triple in filter(None, args.ab.split(",")):
+        model, phase, shape = triple.split(":")
+        row = ab_update(model, phase, shape, args.ab_users, args.ab_rounds)
+        result["ab"].append(row)
+        speedup = row["speedup_before_over_after"]
+        ms = row["ms_per_update_median"]
+        print(f"{model} {phase} at {shape} ({row['input_path']} input): before {ms['before']:.0f} ms, after "
+              f"{ms['after']:.0f} ms an update; before / after {speedup['median']:.2f} ({speedup['q1']:.2f}-"
+              f"{speedup['q3']:.2f}, {row['rounds']} rounds); same update: {row['same_update']}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

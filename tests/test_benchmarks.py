@@ -274,3 +274,14 @@ def test_bias_gradient_sums_agree_and_hlo_ops_are_traced_to_their_source():
             '"jit(chunk)/decoder_output/transpose"}\n  %constant.1 = f32[] constant(0)')
     assert bias_gradient._op_sources(text) == {"ynn_fusion.23": "jit(chunk)/decoder_output/reduce_sum",
                                                "dot.21": "jit(chunk)/decoder_output/transpose"}
+
+
+@pytest.mark.usefixtures("standard_dtype_promotion")  # the update runs optax's Adam (tests/conftest.py)
+def test_bias_gradient_ab_compiles_two_programs_with_the_same_update():
+    from benchmarks import bias_gradient
+
+    row = bias_gradient.ab_update("multvae", "joint", "tiny", n_users=600, rounds=2)
+    assert row["programs_differ"] is True  # the pass-through really replaced shared_rows.per_user
+    assert row["same_update"] is True  # and the update it compiles equals the shared-rows one
+    assert len(row["seconds"]["before"]) == len(row["seconds"]["after"]) == 2
+    assert row["speedup_before_over_after"]["min"] > 0
