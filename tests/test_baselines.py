@@ -43,6 +43,27 @@ def test_ease_matches_brute_force_inverse():
     np.testing.assert_array_equal(baselines.fit_ease(train, l2), weights)
 
 
+def test_ease_above_the_threaded_limit_factors_on_one_blas_thread(monkeypatch):
+    """Above `single_thread_above` items the factorisation and inversion run under a one-thread BLAS limit (OpenBLAS's
+    threaded dpotrf crashed on 24,915 items), with the same weights as the threaded call."""
+    import threadpoolctl
+
+    limits = []
+    real_limits = threadpoolctl.threadpool_limits
+
+    def recording_limits(*args, **kwargs):
+        limits.append(kwargs)
+        return real_limits(*args, **kwargs)
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", recording_limits)
+    train = random_train(1, n_items=12)
+    threaded = baselines.fit_ease(train, 2.0)
+    assert limits == []  # 12 items: below the default limit, no thread cap
+    single = baselines.fit_ease(train, 2.0, single_thread_above=11)
+    assert limits == [{"limits": 1, "user_api": "blas"}]
+    np.testing.assert_allclose(single, threaded, rtol=1e-6, atol=1e-7)
+
+
 def test_ease_columns_are_ridge_regressions_on_the_other_items():
     # With diag(B) = 0 the objective splits by column: column j regresses item j on all other items with ridge l2,
     # b_j = (X_-j^T X_-j + l2 I)^-1 X_-j^T x_j. This is independent of the closed form used by fit_ease.

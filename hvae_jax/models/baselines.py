@@ -6,13 +6,22 @@ Choosing EASE's l2 is the caller's job, with the same evaluation code as the oth
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+import threadpoolctl
 
 DEFAULT_EASE_MAX_ITEMS = 40_000
+
+# OpenBLAS's threaded Cholesky factorisation (dpotrf; OpenBLAS 0.3.31 as bundled with scipy 1.17.1) ended the process
+# with a segmentation fault on amazon-book's 24,915-item Gram matrix on a 2-core machine, while the same call on one
+# BLAS thread finished (171 s) and 20,108 and 16,384 items factored fine threaded (63 and 41 s). Above this many
+# items the factorisation and the inversion run on one BLAS thread (threadpoolctl).
+EASE_SINGLE_THREAD_ABOVE_ITEMS = 20_480
 
 # Entries of one dense column block of the Gram matrix built at a time (2**24 float64 = 128 MiB); bounds the
 # sparse intermediate, which for dense co-occurrence would cost ~12 bytes per entry for the whole matrix at once.
@@ -60,6 +69,7 @@ def fit_ease(
     l2: float,
     *,
     max_items: int = DEFAULT_EASE_MAX_ITEMS,
+    single_thread_above: int = EASE_SINGLE_THREAD_ABOVE_ITEMS,
 ) -> np.ndarray:
     """Fits EASE's item-item weights in closed form.
 
@@ -77,6 +87,8 @@ def fit_ease(
         given).
       l2: ridge strength lambda > 0, added to the diagonal of X^T X only.
       max_items: largest n_items allowed.
+      single_thread_above: above this many items the factorisation runs on one BLAS thread (see
+        `EASE_SINGLE_THREAD_ABOVE_ITEMS`).
 
     Returns:
       [n_items, n_items] float32 weights B with zero diagonal; scores are fold_in @ B.
@@ -93,9 +105,11 @@ def fit_ease(
         )
     gram = _dense_gram(train)
     gram[np.diag_indices(n_items)] += l2
-    factor, _ = scipy.linalg.cho_factor(gram, lower=False, overwrite_a=True, check_finite=False)
-    (potri,) = scipy.linalg.lapack.get_lapack_funcs(("potri",), (factor,))
-    precision_matrix, info = potri(factor, lower=False, overwrite_c=1)
+    one_thread = n_items > single_thread_above
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas") if one_thread else contextlib.nullcontext():
+        factor, _ = scipy.linalg.cho_factor(gram, lower=False, overwrite_a=True, check_finite=False)
+        (potri,) = scipy.linalg.lapack.get_lapack_funcs(("potri",), (factor,))
+        precision_matrix, info = potri(factor, lower=False, overwrite_c=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"inverting X^T X + l2 I failed (LAPACK potri info={info})")
     # potri fills only the upper triangle; the lower one still holds the original Gram entries.
