@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import gzip
 import json
 import os
@@ -32,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,42 +74,76 @@ def _op_sources(hlo_text: str) -> dict[str, str]:
     return sources
 
 
-def profile_update(model: str, phase_name: str, shape: str, n_users: int, top: int) -> dict:
-    from benchmarks import runners
+UPDATES_PER_CALL = 2
+
+
+class CompiledUpdate(NamedTuple):
+    """One jitted chunk of UPDATES_PER_CALL updates of a model's schedule phase, compiled, with what it is called on."""
+
+    compiled: Any
+    state: Any
+    order: jax.Array
+    key: jax.Array
+    input_path: str
+    compile_seconds: float
+
+    def __call__(self, state, matrix):
+        return self.compiled(state, self.order, self.key, matrix, None)
+
+
+def synthetic_matrix(shape: str, n_users: int):
+    """(host CSR, device CSR) of `n_users` synthetic training users shaped like `shape`."""
     from benchmarks.synthetic_shapes import SHAPES, make_shape
-    from hvae_jax.data.batches import epoch_order, to_device
-    from hvae_jax.train import TrainSetup
+    from hvae_jax.data.batches import to_device
 
     matrix_host = make_shape(SHAPES[shape], n_users=n_users)
+    return matrix_host, to_device(matrix_host)
+
+
+def compile_update(model: str, phase_name: str, matrix_host, matrix) -> CompiledUpdate:
+    """The update chunk the throughput suite times (`TrainSetup`, batch 500), lowered and compiled now (so that a
+    patch active around this call is what gets traced), with its initial state and the epoch's first batches."""
+    from benchmarks import runners
+    from hvae_jax.data.batches import epoch_order
+    from hvae_jax.train import TrainSetup
+
     setup = TrainSetup.build(runners.model_config(model), runners.train_config(model, 500), matrix_host)
-    matrix, state = to_device(matrix_host), setup.init_state()
     phase = runners.schedule_phase(setup, phase_name)
-    updates = 2
-    order = epoch_order(jax.random.fold_in(setup.keys.shuffle, 0), setup.n_train, setup.batch_size)[:updates]
+    order = epoch_order(jax.random.fold_in(setup.keys.shuffle, 0), setup.n_train, setup.batch_size)
+    order = order[:UPDATES_PER_CALL]
+    state = setup.init_state()
+    start = time.perf_counter()
     compiled = setup.update_chunk(phase).lower(state, order, setup.keys.train, matrix, None).compile()
+    return CompiledUpdate(compiled, state, order, setup.keys.train, setup.path.name, time.perf_counter() - start)
+
+
+def profile_update(model: str, phase_name: str, shape: str, n_users: int, top: int) -> dict:
+    matrix_host, matrix = synthetic_matrix(shape, n_users)
+    update = compile_update(model, phase_name, matrix_host, matrix)
+    state = update.state
     for _ in range(2):  # warm up; the state is donated, so each call takes the last one's
-        state, metrics = compiled(state, order, setup.keys.train, matrix, None)
+        state, metrics = update(state, matrix)
         jax.block_until_ready((state, metrics))
     calls = 3
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()
         with jax.profiler.trace(directory):
             for _ in range(calls):
-                state, metrics = compiled(state, order, setup.keys.train, matrix, None)
+                state, metrics = update(state, matrix)
                 jax.block_until_ready((state, metrics))
         wall = time.perf_counter() - start
         trace_file = next(pathlib.Path(directory).rglob("*.trace.json.gz"))
         with gzip.open(trace_file) as trace:
             events = json.load(trace)["traceEvents"]
-    sources = _op_sources(compiled.as_text())
+    sources = _op_sources(update.compiled.as_text())
     per_op = collections.Counter()
     for event in events:
         if event.get("ph") == "X" and event.get("name") in sources:
             per_op[event["name"]] += event["dur"]
-    per_update = calls * updates
+    per_update = calls * UPDATES_PER_CALL
     rows = [{"op": name, "ms_per_update": micros / per_update / 1e3, "source": sources[name]}
             for name, micros in per_op.most_common(top)]
-    return {"model": model, "phase": phase_name, "shape": shape, "input_path": setup.path.name,
+    return {"model": model, "phase": phase_name, "shape": shape, "input_path": update.input_path,
             "ms_per_update_traced": wall / per_update * 1e3, "top_ops": rows}
 
 
@@ -124,50 +158,33 @@ def ab_update(model: str, phase_name: str, shape: str, n_users: int, rounds: int
     ("after") and closed over ("before"): same state, same batches; values compared, single calls timed in turn."""
     from unittest import mock
 
-    from benchmarks import runners
-    from benchmarks.synthetic_shapes import SHAPES, make_shape
-    from hvae_jax.data.batches import epoch_order, to_device
     from hvae_jax.models import shared_rows
-    from hvae_jax.train import TrainSetup
 
-    matrix_host = make_shape(SHAPES[shape], n_users=n_users)
-    matrix = to_device(matrix_host)
-    updates = 2
-
-    def build(patched: bool):
-        setup = TrainSetup.build(runners.model_config(model), runners.train_config(model, 500), matrix_host)
-        phase = runners.schedule_phase(setup, phase_name)
-        order = epoch_order(jax.random.fold_in(setup.keys.shuffle, 0), setup.n_train, setup.batch_size)[:updates]
-        state = setup.init_state()
-        start = time.perf_counter()
-        with mock.patch.object(shared_rows, "per_user", _closed_over) if patched else contextlib.nullcontext():
-            compiled = setup.update_chunk(phase).lower(state, order, setup.keys.train, matrix, None).compile()
-        return {"compiled": compiled, "order": order, "key": setup.keys.train, "state": state,
-                "compile_seconds": time.perf_counter() - start, "path": setup.path.name}
-
-    sides = {"after": build(False), "before": build(True)}
-    outputs = {}
-    for name, side in sides.items():  # the first call of each from the same initial state: the same update
-        side["state"], metrics = side["compiled"](side["state"], side["order"], side["key"], matrix, None)
-        outputs[name] = jax.device_get((side["state"].params, metrics))
+    matrix_host, matrix = synthetic_matrix(shape, n_users)
+    updates = {"after": compile_update(model, phase_name, matrix_host, matrix)}
+    with mock.patch.object(shared_rows, "per_user", _closed_over):
+        updates["before"] = compile_update(model, phase_name, matrix_host, matrix)
+    states, outputs = {}, {}
+    for name, update in updates.items():  # the first call of each from the same initial state: the same update
+        states[name], metrics = update(update.state, matrix)
+        outputs[name] = jax.device_get((states[name].params, metrics))
     same = all(np.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(jax.tree.leaves(outputs["after"]),
                                                                            jax.tree.leaves(outputs["before"])))
     seconds = {"after": [], "before": []}
     for round_index in range(rounds):
         for name in (("after", "before") if round_index % 2 == 0 else ("before", "after")):
-            side = sides[name]
             start = time.perf_counter()
-            side["state"], metrics = side["compiled"](side["state"], side["order"], side["key"], matrix, None)
-            jax.block_until_ready((side["state"], metrics))
+            states[name], metrics = updates[name](states[name], matrix)
+            jax.block_until_ready((states[name], metrics))
             seconds[name].append(time.perf_counter() - start)
     ratios = sorted(b / a for a, b in zip(seconds["after"], seconds["before"]))
     quartile = lambda q: float(np.quantile(ratios, q))
-    return {"model": model, "phase": phase_name, "shape": shape, "input_path": sides["after"]["path"],
-            "updates_per_call": updates, "batch_size": 500, "rounds": rounds, "same_update": bool(same),
-            "programs_differ": sides["after"]["compiled"].as_text() != sides["before"]["compiled"].as_text(),
-            "ms_per_update_median": {name: statistics.median(values) / updates * 1e3 for name, values in
+    return {"model": model, "phase": phase_name, "shape": shape, "input_path": updates["after"].input_path,
+            "updates_per_call": UPDATES_PER_CALL, "batch_size": 500, "rounds": rounds, "same_update": bool(same),
+            "programs_differ": updates["after"].compiled.as_text() != updates["before"].compiled.as_text(),
+            "ms_per_update_median": {name: statistics.median(values) / UPDATES_PER_CALL * 1e3 for name, values in
                                      seconds.items()},
-            "compile_seconds": {name: side["compile_seconds"] for name, side in sides.items()},
+            "compile_seconds": {name: update.compile_seconds for name, update in updates.items()},
             "speedup_before_over_after": {"median": statistics.median(ratios), "q1": quartile(0.25),
                                           "q3": quartile(0.75), "min": ratios[0], "max": ratios[-1]},
             "seconds": seconds, "load_average": os.getloadavg()}

@@ -26,6 +26,14 @@ import jax
 import jax.numpy as jnp
 
 
+def sum_rows(rows: jax.Array) -> jax.Array:
+    """rows.sum(0) written as ones[batch] @ rows, at full float32 precision on every backend."""
+    flat = rows.reshape(rows.shape[0], -1)
+    ones = jnp.ones((rows.shape[0],), flat.dtype)
+    total = jax.lax.dot_general(ones, flat, (((0,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
+    return total.reshape(rows.shape[1:])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def broadcast_rows(value: jax.Array, batch: int) -> jax.Array:
     """`value` repeated as `batch` rows: [batch, *value.shape]; its gradient sums the rows' cotangents by a product."""
@@ -34,14 +42,6 @@ def broadcast_rows(value: jax.Array, batch: int) -> jax.Array:
 
 def _broadcast_rows_fwd(value, batch):
     return broadcast_rows(value, batch), None
-
-
-def sum_rows(rows: jax.Array) -> jax.Array:
-    """rows.sum(0) written as ones[batch] @ rows, at full float32 precision on every backend."""
-    flat = rows.reshape(rows.shape[0], -1)
-    ones = jnp.ones((rows.shape[0],), flat.dtype)
-    total = jax.lax.dot_general(ones, flat, (((0,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
-    return total.reshape(rows.shape[1:])
 
 
 def _broadcast_rows_bwd(batch, _, cotangent):
