@@ -172,21 +172,24 @@ def time_to_fraction_of_best(history: list[dict], fraction: float = 0.99) -> dic
             "valid_ndcg@100": first["valid_ndcg@100"], "train_seconds": seconds}
 
 
-def cmd_record(args) -> None:
+def record_of(workdir: pathlib.Path, command_line: str, note: str | None = None) -> dict:
     """A record of a run made outside this driver (a `hvae train` command, finished or interrupted): its settings,
     per-epoch history, results where it finished, and when it first came within 1% of its best validation."""
-    workdir = pathlib.Path(args.workdir)
     config = json.loads((workdir / "config.json").read_text())
     results_file = workdir / "results.json"
     history = history_of(workdir)
-    record = {
-        "command": args.command_line, "workdir": str(workdir), "config": config, "note": args.note,
+    return {
+        "command": command_line, "workdir": str(workdir), "config": config, "note": note,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "results": json.loads(results_file.read_text()) if results_file.exists() else None,
         "epochs_run": history[-1]["epoch"] if history else 0,
         "time_to_99%_of_best_valid": time_to_fraction_of_best(history),
         "history": history,
     }
+
+
+def cmd_record(args) -> None:
+    record = record_of(pathlib.Path(args.workdir), args.command_line, args.note)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))

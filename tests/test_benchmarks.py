@@ -285,3 +285,46 @@ def test_bias_gradient_ab_compiles_two_programs_with_the_same_update():
     assert row["same_update"] is True  # and the update it compiles equals the shared-rows one
     assert len(row["seconds"]["before"]) == len(row["seconds"]["after"]) == 2
     assert row["speedup_before_over_after"]["min"] > 0
+
+
+@pytest.mark.usefixtures("standard_dtype_promotion")  # optax's Adam (see tests/conftest.py)
+def test_catalogue_study_records_each_command_and_compares_test_metrics_with_the_validation_choice(
+        tmp_path, monkeypatch):
+    from benchmarks import catalogue_study as study
+
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("user,item\n" + "".join(f"u{u},i{(u * 7 + k) % 40}\n" for u in range(120) for k in range(8)))
+    test.write_text("user,item\n" + "".join(f"u{u},i{(u * 7 + 8 + k) % 40}\n" for u in range(30) for k in range(2)))
+    tiny = ["--epochs", "3", "--latents", "8", "--hidden", "16", "--batch-size", "50", "--no-progress"]
+    monkeypatch.setattr(study, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(study, "DATASETS", {"tiny": ["--protocol", "given", "--train", str(train), "--test",
+                                                     str(test)]})
+    monkeypatch.setattr(study, "SETTINGS", {"multvae-default": ["--model", "multvae", *tiny],
+                                            "multvae-dropout-0.2": ["--model", "multvae", "--dropout", "0.2", *tiny],
+                                            "ease": ["--model", "ease", "--no-progress"]})
+    study.main(["run", "--datasets", "tiny", "--settings", "multvae-default,multvae-dropout-0.2,ease",
+                "--workroot", str(tmp_path / "runs")])
+    records = {setting: json.loads((tmp_path / "results" / "tiny" / f"{setting}.json").read_text())
+               for setting in ("multvae-default", "multvae-dropout-0.2", "ease")}
+    assert "--dropout 0.2" in records["multvae-dropout-0.2"]["command"]
+    assert records["multvae-default"]["epochs_run"] == 3 and len(records["multvae-default"]["history"]) == 3
+    assert records["multvae-dropout-0.2"]["config"]["model"]["input_dropout"] == 0.2
+
+    out = tmp_path / "study"
+    study.main(["table", "--datasets", "tiny", "--out", str(out)])
+    table = json.loads(out.with_suffix(".json").read_text())
+    rows = {row["setting"]: row for row in table["rows"]["tiny"]}
+    # The choice is the neural setting with the best validation NDCG@100; EASE is reported beside, never chosen.
+    neural = ("multvae-default", "multvae-dropout-0.2")
+    chosen = max(neural, key=lambda s: records[s]["results"]["valid"]["ndcg@100"])
+    assert [s for s, row in rows.items() if row["chosen_on_validation"]] == [chosen]
+    for setting in (*neural, "ease"):
+        for name in ("recall@20", "ndcg@20"):
+            expected = (records[setting]["results"]["test"][name] / records[chosen]["results"]["test"][name] - 1)
+            assert rows[setting]["vs_chosen"][name] == pytest.approx(expected)
+    assert rows["popularity"]["test"]["ndcg@100"] == records["multvae-default"]["results"]["baselines"][
+        "popularity"]["test"]["ndcg@100"]
+    assert table["summary"]["tiny"]["settings_compared"] == list(neural)
+    assert table["summary"]["tiny"]["default_recall@20_within_2%"] == (
+        rows["multvae-default"]["vs_chosen"]["recall@20"] >= -0.02)
+    assert out.with_suffix(".png").stat().st_size > 0 and "multvae-dropout-0.2" in out.with_suffix(".md").read_text()

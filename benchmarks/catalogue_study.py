@@ -1,0 +1,264 @@
+"""Defaults across catalogue shapes: Mult-VAE and Mult-DAE settings on amazon-book (KGAT's given split, validation
+carved from training: 70,679 users, 24,915 items, 12 interactions a user) and ml-1m-implicit (strong
+generalization, 600 + 600 held-out users, split seed 98765: 6,040 users, 3,706 items, 166 a user).
+
+Each setting is one `hvae train` command: the data set's flags, the setting's flags, every other flag at its default
+(early stopping included). One record per (data set, setting) under benchmarks/results/catalogue-study/, with the
+per-epoch curve, so the table and the curves are rebuilt without retraining.
+
+  python -m benchmarks.catalogue_study run --datasets ml-1m --settings multvae-default,multdae-default
+  python -m benchmarks.catalogue_study record --dataset amazon-book --setting multdae-default --workdir DIR
+  python -m benchmarks.catalogue_study table          # catalogue-study.{json,md,png} under benchmarks/results/
+
+The table marks the setting with the best validation NDCG@100 on each data set (never test) and gives every
+setting's test Recall@20 and NDCG@20 relative to it: the issue's question is whether the default lands within 2%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shlex
+import time
+
+from benchmarks.accuracy import record_of
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = "../shared/data"  # as the commands are written: relative to the repository root
+RESULTS = ROOT / "benchmarks" / "results" / "catalogue-study"
+
+DATASETS = {
+    "amazon-book": ["--protocol", "given", "--train", f"{SHARED}/amazon-book/train.txt",
+                    "--test", f"{SHARED}/amazon-book/test.txt", "--format", "adjacency"],
+    "ml-1m": ["--data", f"{SHARED}/ml-1m-implicit", "--format", "adjacency", "--heldout-users", "600"],
+}
+
+# Setting name -> the flags it adds to the data set's. "default" means every other flag at its default.
+SETTINGS = {
+    "multvae-default": ["--model", "multvae"],
+    # Liang et al.'s schedule as their code runs it: beta rises by cap / 200,000 per update, so on these data sets
+    # (10 and 142 updates an epoch) it stays far below the cap of 0.2; the default reaches the cap after
+    # cap x epochs x updates per epoch (epoch 20 of 100).
+    "multvae-anneal-200k": ["--model", "multvae", "--anneal-steps", "200000"],
+    "multvae-dropout-0.2": ["--model", "multvae", "--dropout", "0.2"],
+    "multvae-lr3e-3-avg": ["--model", "multvae", "--lr", "3e-3", "--average-decay", "0.998"],
+    "multvae-batch-100": ["--model", "multvae", "--batch-size", "100"],
+    "multdae-default": ["--model", "multdae"],
+    "ease": ["--model", "ease", "--ease-lambdas", "200,500,1000"],
+}
+BASELINES = ("ease",)  # beside the sweep: reported, never "the best setting"
+DEFAULT = "multvae-default"
+COMPARED = ("recall@20", "ndcg@20")
+
+
+def record_path(dataset: str, setting: str) -> pathlib.Path:
+    return RESULTS / dataset / f"{setting}.json"
+
+
+def command_of(dataset: str, setting: str, workdir: str) -> list[str]:
+    if dataset not in DATASETS:
+        raise SystemExit(f"unknown data set {dataset!r}: one of {', '.join(DATASETS)}")
+    if setting not in SETTINGS:
+        raise SystemExit(f"unknown setting {setting!r}: one of {', '.join(SETTINGS)}")
+    return ["train", *DATASETS[dataset], *SETTINGS[setting], "--workdir", workdir]
+
+
+def write_record(dataset: str, setting: str, workdir: pathlib.Path, note: str | None,
+                 wall_seconds: float | None) -> dict:
+    command = "hvae " + shlex.join(command_of(dataset, setting, f"runs/catalogue-study/{dataset}/{setting}"))
+    record = {"dataset": dataset, "setting": setting, "wall_seconds": wall_seconds,
+              **record_of(workdir, command, note)}
+    path = record_path(dataset, setting)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def cmd_run(args) -> None:
+    from hvae_jax import cli
+
+    for dataset in args.datasets.split(","):
+        for setting in args.settings.split(","):
+            if record_path(dataset, setting).exists() and not args.force:
+                print(f"{dataset} {setting}: recorded ({record_path(dataset, setting)})")
+                continue
+            workdir = pathlib.Path(args.workroot) / dataset / setting
+            argv = command_of(dataset, setting, str(workdir))
+            print(f"{dataset} {setting}: hvae {shlex.join(argv)}", flush=True)
+            start = time.perf_counter()
+            status = cli.main(argv)
+            if status:
+                raise SystemExit(f"{dataset} {setting}: hvae train exited with {status}")
+            record = write_record(dataset, setting, workdir, args.note, time.perf_counter() - start)
+            print(f"{dataset} {setting}: {record['epochs_run']} epochs, test "
+                  f"{_metric(record, 'test', 'ndcg@100'):.4f} NDCG@100", flush=True)
+
+
+def cmd_record(args) -> None:
+    record = write_record(args.dataset, args.setting, pathlib.Path(args.workdir), args.note, args.wall_seconds)
+    print(f"{record_path(args.dataset, args.setting)}: {record['epochs_run']} epochs; "
+          f"{record['time_to_99%_of_best_valid']}")
+
+
+def _metric(record: dict, part: str, name: str) -> float:
+    return record["results"][part][name]
+
+
+def rows_of(dataset: str) -> list[dict]:
+    """One row per recorded setting of `dataset`, in SETTINGS order, with each setting's test metrics relative to
+    the neural setting that validation chose."""
+    records = {setting: json.loads(record_path(dataset, setting).read_text())
+               for setting in SETTINGS if record_path(dataset, setting).exists()}
+    finished = {setting: record for setting, record in records.items() if record["results"] is not None}
+    sweep = [setting for setting in finished if setting not in BASELINES]
+    chosen = max(sweep, key=lambda setting: _metric(finished[setting], "valid", "ndcg@100")) if sweep else None
+    rows = []
+    for setting, record in finished.items():
+        results = record["results"]
+        row = {
+            "setting": setting, "flags": SETTINGS[setting], "command": record["command"],
+            "chosen_on_validation": setting == chosen,
+            "best_epoch": results.get("best_epoch"), "epochs_run": record["epochs_run"],
+            "stopped_early": results.get("stopped_early"),
+            "valid_ndcg@100": _metric(record, "valid", "ndcg@100"),
+            "test": {name: results["test"][name] for name in ("ndcg@100", "recall@20", "recall@50", "ndcg@20")},
+            "test_se": {name: results["test"][f"{name}_se"] for name in ("ndcg@100", "recall@20", "ndcg@20")},
+            "train_seconds": results.get("train_seconds"), "wall_seconds": record.get("wall_seconds"),
+            "time_to_99%_of_best_valid": record.get("time_to_99%_of_best_valid"),
+        }
+        if chosen is not None:
+            row["vs_chosen"] = {name: row["test"][name] / _metric(finished[chosen], "test", name) - 1
+                                for name in (*COMPARED, "ndcg@100")}
+        rows.append(row)
+    popularity = next((record["results"]["baselines"]["popularity"] for record in finished.values()
+                       if (record["results"].get("baselines") or {}).get("popularity")), None)
+    if popularity is not None:
+        rows.append({"setting": "popularity", "flags": [], "command": "(computed beside every neural run)",
+                     "chosen_on_validation": False, "valid_ndcg@100": popularity["valid"]["ndcg@100"],
+                     "test": {name: popularity["test"][name] for name in ("ndcg@100", "recall@20", "recall@50",
+                                                                           "ndcg@20")},
+                     "test_se": {name: popularity["test"][f"{name}_se"] for name in ("ndcg@100", "recall@20",
+                                                                                      "ndcg@20")}})
+    return rows
+
+
+def _blank(value) -> str:
+    return "" if value is None or value == 0 else str(value)
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:+.1f}%"
+
+
+def markdown(dataset: str, rows: list[dict]) -> str:
+    lines = [f"**{dataset}**", "",
+             "| setting | best epoch / run | valid NDCG@100 | test NDCG@100 | test Recall@20 | test NDCG@20 | "
+             "test Recall@50 | Recall@20 / NDCG@20 vs chosen | training s | first epoch within 1% of best valid |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|---|"]
+    for row in rows:
+        test, se = row["test"], row["test_se"]
+        mark = " (chosen on validation)" if row["chosen_on_validation"] else ""
+        vs = row.get("vs_chosen")
+        to99 = row.get("time_to_99%_of_best_valid") or {}
+        seconds = row.get("train_seconds")
+        lines.append(
+            f"| {row['setting']}{mark} | {_blank(row.get('best_epoch'))} / {_blank(row.get('epochs_run'))} | "
+            f"{row['valid_ndcg@100']:.4f} | {test['ndcg@100']:.4f} ± {se['ndcg@100']:.4f} | "
+            f"{test['recall@20']:.4f} ± {se['recall@20']:.4f} | {test['ndcg@20']:.4f} | {test['recall@50']:.4f} | "
+            f"{'' if vs is None or row['setting'] == 'popularity' else _percent(vs['recall@20']) + ' / ' + _percent(vs['ndcg@20'])} | "
+            f"{'' if seconds is None else f'{seconds:,.0f}'} | "
+            f"{'' if not to99 else str(to99['epoch']) + (' (' + format(to99['train_seconds'], ',.0f') + ' s)' if to99.get('train_seconds') else '')} |")
+    return "\n".join(lines)
+
+
+def plot(datasets: dict[str, list[dict]], out: pathlib.Path) -> None:
+    """Validation NDCG@100 against the epoch and against training seconds, and beta, per data set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(datasets), 3, figsize=(16, 4.2 * len(datasets)), squeeze=False)
+    for axes_row, (dataset, rows) in zip(axes, datasets.items()):
+        for index, row in enumerate(r for r in rows if r["setting"] in SETTINGS and r["setting"] not in BASELINES):
+            history = json.loads(record_path(dataset, row["setting"]).read_text())["history"]
+            validated = [h for h in history if h.get("valid_ndcg@100") is not None]
+            seconds, elapsed = [], 0.0
+            for h in history:
+                elapsed += h.get("train_seconds") or 0.0
+                if h.get("valid_ndcg@100") is not None:
+                    seconds.append(elapsed)
+            style = dict(color=f"C{index}", linewidth=2.2 if row["setting"] == DEFAULT else 1.2,
+                         label=row["setting"] + (" (chosen)" if row["chosen_on_validation"] else ""))
+            axes_row[0].plot([h["epoch"] for h in validated], [h["valid_ndcg@100"] for h in validated], **style)
+            axes_row[1].plot(seconds, [h["valid_ndcg@100"] for h in validated], **style)
+            axes_row[2].plot([h["epoch"] for h in history], [h.get("beta") or 0.0 for h in history], **style)
+        for axis, title, xlabel in zip(axes_row, ("validation NDCG@100", "validation NDCG@100", "KL weight beta"),
+                                       ("epoch", "training seconds (2 cores)", "epoch")):
+            axis.set_title(f"{dataset}: {title}")
+            axis.set_xlabel(xlabel)
+            axis.grid(alpha=0.3)
+        axes_row[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+
+
+def cmd_table(args) -> None:
+    tables, summary = {}, {}
+    for dataset in args.datasets.split(","):
+        rows = rows_of(dataset)
+        if not rows:
+            print(f"{dataset}: nothing recorded under {RESULTS / dataset}")
+            continue
+        tables[dataset] = rows
+        default = next((row for row in rows if row["setting"] == DEFAULT), None)
+        if default is not None and "vs_chosen" in default:
+            # Against how many neural settings: with the default alone the answer says nothing.
+            compared = [row["setting"] for row in rows if "vs_chosen" in row and row["setting"] not in BASELINES]
+            summary[dataset] = {"settings_compared": compared,
+                                "chosen_on_validation": next(row["setting"] for row in rows
+                                                             if row["chosen_on_validation"]),
+                                **{f"default_{name}_within_2%": default["vs_chosen"][name] >= -0.02
+                                   for name in COMPARED}}
+    text = "\n\n".join(markdown(dataset, rows) for dataset, rows in tables.items())
+    print(text)
+    print(json.dumps(summary, indent=1))
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"settings": SETTINGS, "datasets": DATASETS, "default": DEFAULT,
+                                                    "summary": summary, "rows": tables}, indent=1))
+    if tables:
+        plot(tables, out.with_suffix(".png"))
+        print(f"wrote {out.with_suffix('.md')}, .json, .png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train settings not yet recorded")
+    run.add_argument("--datasets", default="ml-1m")
+    run.add_argument("--settings", default=",".join(SETTINGS))
+    run.add_argument("--workroot", default=str(ROOT / "runs" / "catalogue-study"))
+    run.add_argument("--note")
+    run.add_argument("--force", action="store_true", help="train again where a record exists")
+    run.set_defaults(handler=cmd_run)
+    record = commands.add_parser("record", help="record a run made with the setting's command elsewhere")
+    record.add_argument("--dataset", required=True, choices=list(DATASETS))
+    record.add_argument("--setting", required=True, choices=list(SETTINGS))
+    record.add_argument("--workdir", required=True)
+    record.add_argument("--note")
+    record.add_argument("--wall-seconds", type=float)
+    record.set_defaults(handler=cmd_record)
+    table = commands.add_parser("table", help="the table, its JSON and the curves")
+    table.add_argument("--datasets", default=",".join(DATASETS))
+    table.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "catalogue-study"))
+    table.set_defaults(handler=cmd_table)
+    args = parser.parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()
