@@ -25,9 +25,13 @@ Everything else enters, including settings added later, unless someone adds them
 
 `train.epochs` may grow: a larger value continues the run ("train 20 more epochs"); a smaller one is refused, since
 the run may already be past it. The KL weight of Liang et al.'s schedule rises over all the run's updates when
-neither `anneal_epochs` nor `total_anneal_steps` is set, so the fingerprint records the warm-up as resolved:
-`anneal_epochs` unset counts as `anneal_epochs = epochs`. More epochs then change every beta already trained and are
-refused, with the way to continue: `--anneal-epochs OLD_EPOCHS` keeps the run's schedule exactly. (Continuing a run
+neither `anneal_epochs` nor `total_anneal_steps` is set, so the fingerprint records that length as resolved:
+`total_anneal_steps` = "all updates of E epochs". More epochs then change every beta already trained and are refused,
+with the way to continue: `--anneal-steps N`, N the run's updates in its E epochs (read from its metrics.jsonl), is
+the same schedule and resumes. A warm-up in epochs (`--anneal-epochs E`) is a different schedule (beta constant within
+an epoch, reaching the cap at epoch E rather than after cap x E epochs) and is refused like any other change.
+Fingerprints written before this rule recorded the unset length as `anneal_epochs = epochs`; `config.json`'s own
+train section tells such a run from one with that warm-up set, and it compares as if written today. (Continuing a run
 also validates its old last epoch, which a run trained to the new length from scratch would skip unless `eval_every`
 divides it; that can add one candidate for the best epoch and one count towards early stopping, never change an
 update.)
@@ -283,10 +287,52 @@ def fingerprint(settings: Mapping[str, Any], model: Mapping[str, Any], train: Ma
         if section == "settings" and values.get("item_shards"):
             left_out = left_out - CATALOGUE_LAYOUT_SETTINGS
         result[section] = {name: value for name, value in sorted(values.items()) if name not in left_out}
-    resolved = result["train"]
-    if "anneal_epochs" in resolved and resolved["anneal_epochs"] is None and resolved.get("total_anneal_steps") is None:
-        resolved["anneal_epochs"] = resolved.get("epochs")
+    if _length_unset(result["train"]):
+        result["train"]["total_anneal_steps"] = _all_updates(result["train"].get("epochs"))
     return result
+
+
+def _length_unset(train: Mapping[str, Any]) -> bool:
+    """Liang's schedule with neither length set: beta rises over all the run's updates."""
+    return "anneal_epochs" in train and train["anneal_epochs"] is None and train.get("total_anneal_steps") is None
+
+
+def _all_updates(epochs: Any) -> str:
+    return f"all updates of {epochs} epochs"
+
+
+def _as_written_today(stored: Mapping[str, Any]) -> dict:
+    """The stored fingerprint as this version writes it. Older versions resolved an unset anneal length to
+    `anneal_epochs = epochs`, as if a warm-up of that many epochs were set; the stored train section (the settings
+    as given) tells the two apart."""
+    fingerprinted = {section: dict(values) for section, values in stored["fingerprint"].items()}
+    train = fingerprinted.get("train", {})
+    if (isinstance(train.get("anneal_epochs"), int) and train.get("total_anneal_steps") is None
+            and _length_unset(stored.get("train", {}))):
+        train["anneal_epochs"] = None
+        train["total_anneal_steps"] = _all_updates(train.get("epochs"))
+    return fingerprinted
+
+
+def _unset_length_in_updates(train: Mapping[str, Any], updates_per_epoch: int | None) -> int | None:
+    """The number of updates an unset anneal length stood for: the run's epochs times its updates per epoch."""
+    epochs = train.get("epochs")
+    if updates_per_epoch is None or not isinstance(epochs, int):
+        return None
+    return epochs * updates_per_epoch
+
+
+def _updates_per_epoch(path: pathlib.Path) -> int | None:
+    """Updates per epoch of the run in `path`, from the first row of its metrics.jsonl (None where unknown)."""
+    try:
+        with (path / METRICS_FILE).open() as lines:
+            row = json.loads(next(lines))
+        steps, epoch = row["step"], row["epoch"]
+    except (OSError, StopIteration, ValueError, KeyError, TypeError):
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (steps, epoch)) or steps % epoch:
+        return None
+    return steps // epoch
 
 
 def fingerprint_id(section: Mapping[str, Any]) -> str:
@@ -303,9 +349,12 @@ def _grows(old: Any, new: Any) -> bool:
     return numbers and new > old
 
 
-def compare(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[Difference]:
+def compare(stored: Mapping[str, Any], new: Mapping[str, Any], updates_per_epoch: int | None = None
+            ) -> list[Difference]:
     """The settings of `new` that differ from `stored` (both from `fingerprint`); a larger train.epochs is not a
-    difference. A different model kind is reported alone: its other settings differ because of it."""
+    difference, nor an anneal length in updates equal to the stored run's unset one (its epochs times
+    `updates_per_epoch`, where known). A different model kind is reported alone: its other settings differ because
+    of it."""
     old_kind, new_kind = stored.get("model", {}).get("kind", _ABSENT), new["model"]["kind"]
     if old_kind != new_kind:
         return [Difference("model", "kind", old_kind, new_kind)]
@@ -315,6 +364,11 @@ def compare(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[Differenc
         for name in sorted(set(old_values) | set(new_values)):
             old, value = old_values.get(name, _ABSENT), new_values.get(name, _ABSENT)
             if _same(old, value) or ((section, name) == ("train", "epochs") and _grows(old, value)):
+                continue
+            same_length = _unset_length_in_updates(old_values, updates_per_epoch) if (
+                (section, name) == ("train", "total_anneal_steps") and old == _all_updates(old_values.get("epochs"))
+            ) else None
+            if same_length is not None and _same(value, same_length):
                 continue
             if section == "settings" and name in CATALOGUE_LAYOUT_SETTINGS and _ABSENT in (old, value):
                 continue  # recorded on one side only because item sharding was switched: item_shards says it
@@ -328,9 +382,13 @@ def compare(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[Differenc
                 as_it_was = ADDED_SETTINGS[section, name]
                 note = (f"the run was written before this setting existed; "
                         f"--{name.replace('_', '-')} {'none' if as_it_was is None else as_it_was} resumes it as it was")
-            elif (section, name) == ("train", "anneal_epochs") and isinstance(old, int):
-                note = (f"the KL warm-up's length (unset: the run's epochs) sets every beta already trained; "
-                        f"--anneal-epochs {old} keeps this run's schedule")
+            elif same_length is not None or old == _all_updates(old_values.get("epochs")):
+                count = same_length if same_length is not None else "N"
+                where = "" if same_length is not None else (
+                    f", N the run's updates in its {old_values.get('epochs')} epochs (the 'step' of epoch "
+                    f"{old_values.get('epochs')} in {METRICS_FILE})")
+                note = (f"beta rose over all the run's updates, so their number sets every beta already trained; "
+                        f"--anneal-steps {count} keeps this run's schedule{where}")
             differences.append(Difference(section, name, old, value, note))
     return differences
 
@@ -347,6 +405,8 @@ def _changes_kept(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
             change = f"{section}.{name}: {_show(old)} -> {_show(value)}"
             if (section, name) == ("train", "epochs"):
                 notes.append(f"{change}: continuing the run to {value} epochs")
+            elif (section, name) == ("train", "total_anneal_steps") and _length_unset(old_values):
+                notes.append(f"{change}: the same schedule, its length in updates now given")
             else:
                 notes.append(f"{change}: does not change results; recorded in {CONFIG_FILE}")
     return notes
@@ -397,7 +457,7 @@ def _check_resumable_config(path: pathlib.Path, config: Mapping[str, Any]) -> tu
             f"it may describe other settings than the checkpoints beside it; that run is not resumed. {WAYS_OUT}"
         )
     _check_format(config_path, stored)
-    differences = compare(stored["fingerprint"], config["fingerprint"])
+    differences = compare(_as_written_today(stored), config["fingerprint"], _updates_per_epoch(path))
     if differences:
         lines = "\n".join(f"  {difference}" for difference in differences)
         raise RunDirError(

@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -171,22 +172,60 @@ def test_more_epochs_continue_a_run_whose_warm_up_does_not_depend_on_them(tmp_pa
         assert read_config(workdir)["train"]["epochs"] == 50
 
 
-def test_more_epochs_with_the_warm_up_over_all_epochs_are_refused_with_the_way_to_continue(tmp_path):
+def test_more_epochs_with_the_anneal_over_all_updates_are_refused_with_the_way_to_continue(tmp_path):
     workdir = tmp_path / "run"
     make_run(workdir)
+    (workdir / rundir.METRICS_FILE).write_text("".join(
+        json.dumps({"epoch": epoch, "step": 10 * epoch, "loss": 2.5}) + "\n" for epoch in range(1, 31)))
     before = snapshot(workdir)
     with pytest.raises(RunDirError) as refused:
         RunDir.open_for_training(workdir, **configuration(train__epochs=50))
     assert snapshot(workdir) == before
     (difference,) = refused.value.differences
-    assert (difference.section, difference.name, difference.old, difference.new) == ("train", "anneal_epochs", 30, 50)
-    assert "train.anneal_epochs: 30 -> 50" in str(refused.value)
-    assert "--anneal-epochs 30 keeps this run's schedule" in str(refused.value)
-    # Following the advice resumes: the schedule is the same, and config.json now says so explicitly.
-    with RunDir.open_for_training(workdir, **configuration(train__epochs=50, train__anneal_epochs=30)) as run:
+    assert (difference.section, difference.name, difference.old, difference.new) == (
+        "train", "total_anneal_steps", "all updates of 30 epochs", "all updates of 50 epochs")
+    # 30 epochs of 10 updates (metrics.jsonl): the length in updates that the unset one stood for.
+    assert "--anneal-steps 300 keeps this run's schedule" in str(refused.value)
+    # Following the advice resumes: the same schedule, and config.json now says so explicitly.
+    with RunDir.open_for_training(workdir, **configuration(train__epochs=50, train__total_anneal_steps=300)) as run:
         assert run.resumed
-        assert any(note.startswith("train.anneal_epochs: unset -> 30") for note in run.notes)
-    assert read_config(workdir)["train"]["anneal_epochs"] == 30
+        assert "train.total_anneal_steps: unset -> 300: the same schedule, its length in updates now given" in run.notes
+    assert read_config(workdir)["train"]["total_anneal_steps"] == 300
+
+
+def test_the_anneal_over_all_updates_and_a_warm_up_of_as_many_epochs_are_different_runs(tmp_path):
+    from hvae_jax.configs import TrainConfig
+    from hvae_jax.schedules import build_schedule
+
+    # The maths: unset = min(cap, update / (epochs x updates per epoch)), i.e. 300 updates here; a warm-up of 30
+    # epochs is cap x epoch / 30, constant within an epoch. They differ from the first update on.
+    betas = lambda train: [float(build_schedule(train, n_levels=1, steps_per_epoch=10).beta(jnp.asarray(step)))
+                           for step in range(400)]
+    unset = betas(TrainConfig(epochs=30, beta_cap=0.2))
+    assert unset == betas(TrainConfig(epochs=50, beta_cap=0.2, total_anneal_steps=300))
+    warm_up = betas(TrainConfig(epochs=30, beta_cap=0.2, anneal_epochs=30))
+    assert unset[5] == pytest.approx(5 / 300) and warm_up[5] == pytest.approx(0.2 / 30)
+    # So a run trained with the length unset is not resumed as one with that warm-up (an interrupted run would
+    # continue with other betas), in a config.json written today or by an older version, which recorded the unset
+    # length as anneal_epochs = epochs.
+    workdir = tmp_path / "run"
+    make_run(workdir)
+    for written in ("today", "older"):
+        if written == "older":
+            config = read_config(workdir)
+            config["fingerprint"]["train"].update(anneal_epochs=30, total_anneal_steps=None)
+            (workdir / rundir.CONFIG_FILE).write_text(json.dumps(config))
+        with pytest.raises(RunDirError) as refused:
+            RunDir.open_for_training(workdir, **configuration(train__anneal_epochs=30))
+        assert {(d.name, d.old, d.new) for d in refused.value.differences} == {
+            ("anneal_epochs", None, 30), ("total_anneal_steps", "all updates of 30 epochs", None)}
+        with RunDir.open_for_training(workdir, **configuration()) as run:  # the same settings resume
+            assert run.resumed
+    # An older config.json whose warm-up was set explicitly keeps it.
+    explicit = tmp_path / "explicit"
+    make_run(explicit, train__anneal_epochs=30)
+    with RunDir.open_for_training(explicit, **configuration(train__anneal_epochs=30)) as run:
+        assert run.resumed
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -706,8 +745,10 @@ def test_the_fingerprint_leaves_out_exactly_the_listed_settings_and_resolves_the
     printed = rundir.fingerprint(SETTINGS, MODEL, TRAIN)
     for section, values in configuration().items():
         assert set(printed[section]) == set(values) - rundir.NOT_FINGERPRINTED[section]
-    assert printed["train"]["anneal_epochs"] == TRAIN["epochs"]
-    assert rundir.fingerprint(SETTINGS, MODEL, dict(TRAIN, total_anneal_steps=5))["train"]["anneal_epochs"] is None
+    assert printed["train"]["total_anneal_steps"] == f"all updates of {TRAIN['epochs']} epochs"
+    assert printed["train"]["anneal_epochs"] is None
+    assert rundir.fingerprint(SETTINGS, MODEL, dict(TRAIN, total_anneal_steps=5))["train"]["total_anneal_steps"] == 5
+    assert rundir.fingerprint(SETTINGS, MODEL, dict(TRAIN, anneal_epochs=5))["train"]["total_anneal_steps"] is None
     sharded = rundir.fingerprint(dict(SETTINGS, item_shards=2), MODEL, TRAIN)["settings"]
     assert {"ks", "logits_budget_mb", "item_shards"} <= set(sharded)
 
