@@ -41,6 +41,8 @@ SETTINGS = {
     # (10 and 142 updates an epoch) it stays far below the cap of 0.2; the default reaches the cap after
     # cap x epochs x updates per epoch (epoch 20 of 100).
     "multvae-anneal-200k": ["--model", "multvae", "--anneal-steps", "200000"],
+    # The KL weight's cap: Liang et al. chose 0.2 on ML-20M; a stronger pull towards the prior.
+    "multvae-beta-0.5": ["--model", "multvae", "--beta-cap", "0.5"],
     "multvae-dropout-0.2": ["--model", "multvae", "--dropout", "0.2"],
     "multvae-lr3e-3-avg": ["--model", "multvae", "--lr", "3e-3", "--average-decay", "0.998"],
     "multvae-batch-100": ["--model", "multvae", "--batch-size", "100"],
