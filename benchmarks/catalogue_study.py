@@ -44,6 +44,8 @@ SETTINGS = {
     # The KL weight's cap: Liang et al. chose 0.2 on ML-20M; a stronger pull towards the prior.
     "multvae-beta-0.5": ["--model", "multvae", "--beta-cap", "0.5"],
     "multvae-dropout-0.2": ["--model", "multvae", "--dropout", "0.2"],
+    # Mult-DAE's L2 weight (0.01 / batch size, Liang et al.'s notebook) on Mult-VAE.
+    "multvae-wd-2e-5": ["--model", "multvae", "--weight-decay", "2e-5"],
     "multvae-lr3e-3-avg": ["--model", "multvae", "--lr", "3e-3", "--average-decay", "0.998"],
     "multvae-batch-100": ["--model", "multvae", "--batch-size", "100"],
     "multdae-default": ["--model", "multdae"],
