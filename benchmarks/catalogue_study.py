@@ -124,7 +124,7 @@ def rows_of(dataset: str) -> list[dict]:
             "setting": setting, "flags": SETTINGS[setting], "command": record["command"],
             "chosen_on_validation": setting == chosen,
             "best_epoch": results.get("best_epoch"), "epochs_run": record["epochs_run"],
-            "stopped_early": results.get("stopped_early"),
+            "stopped_early": results.get("stopped_early"), "interrupted": bool(results.get("interrupted")),
             "valid_ndcg@100": _metric(record, "valid", "ndcg@100"),
             "test": {name: results["test"][name] for name in ("ndcg@100", "recall@20", "recall@50", "ndcg@20")},
             "test_se": {name: results["test"][f"{name}_se"] for name in ("ndcg@100", "recall@20", "ndcg@20")},
@@ -167,7 +167,8 @@ def markdown(dataset: str, rows: list[dict]) -> str:
         to99 = row.get("time_to_99%_of_best_valid") or {}
         seconds = row.get("train_seconds")
         lines.append(
-            f"| {row['setting']}{mark} | {_blank(row.get('best_epoch'))} / {_blank(row.get('epochs_run'))} | "
+            f"| {row['setting']}{mark} | {_blank(row.get('best_epoch'))} / {_blank(row.get('epochs_run'))}"
+            f"{' (stopped by hand)' if row.get('interrupted') else ''} | "
             f"{row['valid_ndcg@100']:.4f} | {test['ndcg@100']:.4f} ± {se['ndcg@100']:.4f} | "
             f"{test['recall@20']:.4f} ± {se['recall@20']:.4f} | {test['ndcg@20']:.4f} | {test['recall@50']:.4f} | "
             f"{'' if vs is None or row['setting'] == 'popularity' else _percent(vs['recall@20']) + ' / ' + _percent(vs['ndcg@20'])} | "
