@@ -170,14 +170,15 @@ def markdown(dataset: str, rows: list[dict]) -> str:
         vs = row.get("vs_chosen")
         to99 = row.get("time_to_99%_of_best_valid") or {}
         seconds = row.get("train_seconds")
+        relative = "" if vs is None else f"{_percent(vs['recall@20'])} / {_percent(vs['ndcg@20'])}"
+        first = "" if not to99 else str(to99["epoch"]) + (
+            f" ({to99['train_seconds']:,.0f} s)" if to99.get("train_seconds") else "")
         lines.append(
             f"| {row['setting']}{mark} | {_blank(row.get('best_epoch'))} / {_blank(row.get('epochs_run'))}"
             f"{' (stopped by hand)' if row.get('interrupted') else ''} | "
             f"{row['valid_ndcg@100']:.4f} | {test['ndcg@100']:.4f} ± {se['ndcg@100']:.4f} | "
             f"{test['recall@20']:.4f} ± {se['recall@20']:.4f} | {test['ndcg@20']:.4f} | {test['recall@50']:.4f} | "
-            f"{'' if vs is None or row['setting'] == 'popularity' else _percent(vs['recall@20']) + ' / ' + _percent(vs['ndcg@20'])} | "
-            f"{'' if seconds is None else f'{seconds:,.0f}'} | "
-            f"{'' if not to99 else str(to99['epoch']) + (' (' + format(to99['train_seconds'], ',.0f') + ' s)' if to99.get('train_seconds') else '')} |")
+            f"{relative} | {'' if seconds is None else f'{seconds:,.0f}'} | {first} |")
     return "\n".join(lines)
 
 
@@ -226,11 +227,17 @@ def cmd_table(args) -> None:
         if default is not None and "vs_chosen" in default:
             # Against how many neural settings: with the default alone the answer says nothing.
             compared = [row["setting"] for row in rows if "vs_chosen" in row and row["setting"] not in BASELINES]
+            # Read two ways: against every setting (Mult-DAE included) and against the default's own model only.
+            same_model = [row for row in rows if row["setting"].split("-")[0] == DEFAULT.split("-")[0]]
+            own = max(same_model, key=lambda row: row["valid_ndcg@100"])
             summary[dataset] = {"settings_compared": compared,
                                 "chosen_on_validation": next(row["setting"] for row in rows
                                                              if row["chosen_on_validation"]),
                                 **{f"default_{name}_within_2%": default["vs_chosen"][name] >= -0.02
-                                   for name in COMPARED}}
+                                   for name in COMPARED},
+                                "chosen_among_the_same_model": own["setting"],
+                                **{f"default_{name}_vs_the_same_model's_choice":
+                                   default["test"][name] / own["test"][name] - 1 for name in COMPARED}}
     text = "\n\n".join(markdown(dataset, rows) for dataset, rows in tables.items())
     print(text)
     print(json.dumps(summary, indent=1))

@@ -325,6 +325,7 @@ def test_catalogue_study_records_each_command_and_compares_test_metrics_with_the
     assert rows["popularity"]["test"]["ndcg@100"] == records["multvae-default"]["results"]["baselines"][
         "popularity"]["test"]["ndcg@100"]
     assert table["summary"]["tiny"]["settings_compared"] == list(neural)
+    assert table["summary"]["tiny"]["chosen_among_the_same_model"] == chosen  # both settings are Mult-VAE here
     assert table["summary"]["tiny"]["default_recall@20_within_2%"] == (
         rows["multvae-default"]["vs_chosen"]["recall@20"] >= -0.02)
     assert out.with_suffix(".png").stat().st_size > 0 and "multvae-dropout-0.2" in out.with_suffix(".md").read_text()
