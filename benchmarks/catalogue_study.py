@@ -37,7 +37,7 @@ DATASETS = {
 # Setting name -> the flags it adds to the data set's. "default" means every other flag at its default.
 SETTINGS = {
     "multvae-default": ["--model", "multvae"],
-    # Liang et al.'s schedule as their code runs it: beta rises by cap / 200,000 per update, so on these data sets
+    # Liang et al.'s schedule as their code runs it: beta rises by 1 / 200,000 per update, so on these data sets
     # (10 and 142 updates an epoch) it stays far below the cap of 0.2; the default reaches the cap after
     # cap x epochs x updates per epoch (epoch 20 of 100).
     "multvae-anneal-200k": ["--model", "multvae", "--anneal-steps", "200000"],
@@ -205,7 +205,7 @@ def plot(datasets: dict[str, list[dict]], out: pathlib.Path) -> None:
             axes_row[1].plot(seconds, [h["valid_ndcg@100"] for h in validated], **style)
             axes_row[2].plot([h["epoch"] for h in history], [h.get("beta") or 0.0 for h in history], **style)
         for axis, title, xlabel in zip(axes_row, ("validation NDCG@100", "validation NDCG@100", "KL weight beta"),
-                                       ("epoch", "training seconds (2 cores)", "epoch")):
+                                       ("epoch", "training seconds (most runs shared the machine: see notes)", "epoch")):
             axis.set_title(f"{dataset}: {title}")
             axis.set_xlabel(xlabel)
             axis.grid(alpha=0.3)
