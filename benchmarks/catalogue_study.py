@@ -113,6 +113,12 @@ def _metric(record: dict, part: str, name: str) -> float:
     return record["results"][part][name]
 
 
+def _test_figures(results: dict) -> dict:
+    """The test metrics a row shows, and the standard errors it prints beside them."""
+    return {"test": {name: results["test"][name] for name in ("ndcg@100", "recall@20", "recall@50", "ndcg@20")},
+            "test_se": {name: results["test"][f"{name}_se"] for name in ("ndcg@100", "recall@20", "ndcg@20")}}
+
+
 def rows_of(dataset: str) -> list[dict]:
     """One row per recorded setting of `dataset`, in SETTINGS order, with each setting's test metrics relative to
     the neural setting that validation chose."""
@@ -129,9 +135,7 @@ def rows_of(dataset: str) -> list[dict]:
             "chosen_on_validation": setting == chosen,
             "best_epoch": results.get("best_epoch"), "epochs_run": record["epochs_run"],
             "stopped_early": results.get("stopped_early"), "interrupted": bool(results.get("interrupted")),
-            "valid_ndcg@100": _metric(record, "valid", "ndcg@100"),
-            "test": {name: results["test"][name] for name in ("ndcg@100", "recall@20", "recall@50", "ndcg@20")},
-            "test_se": {name: results["test"][f"{name}_se"] for name in ("ndcg@100", "recall@20", "ndcg@20")},
+            "valid_ndcg@100": _metric(record, "valid", "ndcg@100"), **_test_figures(results),
             "train_seconds": results.get("train_seconds"), "wall_seconds": record.get("wall_seconds"),
             "time_to_99%_of_best_valid": record.get("time_to_99%_of_best_valid"),
         }
@@ -144,10 +148,7 @@ def rows_of(dataset: str) -> list[dict]:
     if popularity is not None:
         rows.append({"setting": "popularity", "flags": [], "command": "(computed beside every neural run)",
                      "chosen_on_validation": False, "valid_ndcg@100": popularity["valid"]["ndcg@100"],
-                     "test": {name: popularity["test"][name] for name in ("ndcg@100", "recall@20", "recall@50",
-                                                                           "ndcg@20")},
-                     "test_se": {name: popularity["test"][f"{name}_se"] for name in ("ndcg@100", "recall@20",
-                                                                                      "ndcg@20")}})
+                     **_test_figures(popularity)})
     return rows
 
 
@@ -204,8 +205,9 @@ def plot(datasets: dict[str, list[dict]], out: pathlib.Path) -> None:
             axes_row[0].plot([h["epoch"] for h in validated], [h["valid_ndcg@100"] for h in validated], **style)
             axes_row[1].plot(seconds, [h["valid_ndcg@100"] for h in validated], **style)
             axes_row[2].plot([h["epoch"] for h in history], [h.get("beta") or 0.0 for h in history], **style)
-        for axis, title, xlabel in zip(axes_row, ("validation NDCG@100", "validation NDCG@100", "KL weight beta"),
-                                       ("epoch", "training seconds (most runs shared the machine: see notes)", "epoch")):
+        titles = ("validation NDCG@100", "validation NDCG@100", "KL weight beta")
+        xlabels = ("epoch", "training seconds (most runs shared the machine: see notes)", "epoch")
+        for axis, title, xlabel in zip(axes_row, titles, xlabels):
             axis.set_title(f"{dataset}: {title}")
             axis.set_xlabel(xlabel)
             axis.grid(alpha=0.3)

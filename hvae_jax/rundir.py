@@ -314,14 +314,6 @@ def _as_written_today(stored: Mapping[str, Any]) -> dict:
     return fingerprinted
 
 
-def _unset_length_in_updates(train: Mapping[str, Any], updates_per_epoch: int | None) -> int | None:
-    """The number of updates an unset anneal length stood for: the run's epochs times its updates per epoch."""
-    epochs = train.get("epochs")
-    if updates_per_epoch is None or not isinstance(epochs, int):
-        return None
-    return epochs * updates_per_epoch
-
-
 def _updates_per_epoch(path: pathlib.Path) -> int | None:
     """Updates per epoch of the run in `path`, from the first row of its metrics.jsonl (None where unknown)."""
     try:
@@ -365,9 +357,10 @@ def compare(stored: Mapping[str, Any], new: Mapping[str, Any], updates_per_epoch
             old, value = old_values.get(name, _ABSENT), new_values.get(name, _ABSENT)
             if _same(old, value) or ((section, name) == ("train", "epochs") and _grows(old, value)):
                 continue
-            same_length = _unset_length_in_updates(old_values, updates_per_epoch) if (
-                (section, name) == ("train", "total_anneal_steps") and old == _all_updates(old_values.get("epochs"))
-            ) else None
+            # The stored run's anneal length was unset: the same length in updates is the same schedule.
+            unset_before = (section, name) == ("train", "total_anneal_steps") and old == _all_updates(
+                old_values.get("epochs"))
+            same_length = old_values["epochs"] * updates_per_epoch if unset_before and updates_per_epoch else None
             if same_length is not None and _same(value, same_length):
                 continue
             if section == "settings" and name in CATALOGUE_LAYOUT_SETTINGS and _ABSENT in (old, value):
@@ -382,7 +375,7 @@ def compare(stored: Mapping[str, Any], new: Mapping[str, Any], updates_per_epoch
                 as_it_was = ADDED_SETTINGS[section, name]
                 note = (f"the run was written before this setting existed; "
                         f"--{name.replace('_', '-')} {'none' if as_it_was is None else as_it_was} resumes it as it was")
-            elif same_length is not None or old == _all_updates(old_values.get("epochs")):
+            elif unset_before:
                 count = same_length if same_length is not None else "N"
                 where = "" if same_length is not None else (
                     f", N the run's updates in its {old_values.get('epochs')} epochs (the 'step' of epoch "
