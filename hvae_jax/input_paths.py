@@ -90,6 +90,7 @@ class InputPath:
     def loss_of_rows(
         self, params, snapshot, rows: jax.Array, matrix: DeviceCSR, side: jax.Array | None, *,
         key: jax.Array, betas: jax.Array, kl_weights_fn=None, dropout: bool = True,
+        weight_decay: jax.Array | None = None,
     ) -> tuple[jax.Array, dict]:
         """The batch objective (`objectives.combine_terms`) of training rows `rows` ([batch], -1 pads).
 
@@ -101,6 +102,7 @@ class InputPath:
           betas: [L] KL weights.
           kl_weights_fn: lengths [batch] -> per-user KL weights (RecVAE's gamma |x_u|), or None.
           dropout: input dropout on.
+          weight_decay: the L2 weight, replacing the config's (None: the config's).
         """
         slots = batch_slots(matrix, rows, self.n_slots)
         batch_side = None if side is None else side[jnp.maximum(rows, 0)]
@@ -109,7 +111,8 @@ class InputPath:
         prior_state = self.model.apply({"params": params}, prior_key, method="prepare_prior")
         terms = self.user_terms(params, snapshot, slots, batch_side, user_keys, prior_state, key=key, dropout=dropout)
         kl_weights = None if kl_weights_fn is None else kl_weights_fn(slots.lengths)
-        return combine_terms(params, self.train, terms, (rows >= 0).astype(jnp.float32), betas, kl_weights)
+        return combine_terms(params, self.train, terms, (rows >= 0).astype(jnp.float32), betas, kl_weights,
+                             weight_decay)
 
     def user_terms(self, params, snapshot, slots: BatchSlots, side, user_keys, prior_state, *, key, dropout):
         raise NotImplementedError

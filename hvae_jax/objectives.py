@@ -119,8 +119,10 @@ def combine_terms(
     user_weights: jax.Array,
     betas: jax.Array,
     kl_weights: jax.Array | None = None,
+    weight_decay: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
-    """The batch objective from per-user terms ([batch] nll, [batch, L] kl).
+    """The batch objective from per-user terms ([batch] nll, [batch, L] kl); `weight_decay` replaces the config's
+    L2 weight (an ensemble member's own, `hyperparameters.py`).
 
     loss = mean_u nll_u + sum_l beta_l KL_l + weight_decay * ||W||^2,
     KL_l = mean_u w_u KL_ul (w_u = 1, or RecVAE's gamma |x_u| given as `kl_weights`), or max(KL_l, free_bits) when
@@ -137,7 +139,9 @@ def combine_terms(
     clamped_kl = jnp.maximum(weighted_kl, train.free_bits) if train.free_bits > 0 else weighted_kl
     kl_term = jnp.sum(betas * clamped_kl) if kl.shape[0] else jnp.zeros(())
     loss = nll + kl_term
-    if train.weight_decay:
+    if weight_decay is not None:
+        loss = loss + weight_decay * weight_l2(params)
+    elif train.weight_decay:
         loss = loss + train.weight_decay * weight_l2(params)
     return loss, {"loss": loss, "nll": nll, "kl": kl}
 

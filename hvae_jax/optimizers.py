@@ -55,11 +55,12 @@ def averaged_params(state: ParameterAverage, decay: float, params):
                         state.running, params)
 
 
-def make_optimizer(train) -> optax.GradientTransformation:
-    """Adam at `train.learning_rate` (after per-tensor gradient normalisation for "adam_normgrad"), followed by
+def make_optimizer(train, learning_rate=None) -> optax.GradientTransformation:
+    """Adam at `train.learning_rate` (or `learning_rate`: a traced step size gives a state of the same structure,
+    Adam's moments not depending on it), after per-tensor gradient normalisation for "adam_normgrad", followed by
     `parameter_average` when `train.average_decay` is set."""
     parts = [normalize_gradients()] if train.optimizer == "adam_normgrad" else []
-    parts.append(optax.adam(train.learning_rate))
+    parts.append(optax.adam(train.learning_rate if learning_rate is None else learning_rate))
     if train.average_decay:
         parts.append(parameter_average(train.average_decay))
     return parts[0] if len(parts) == 1 else optax.chain(*parts)
@@ -87,8 +88,10 @@ class GroupedOptimizer:
     def init(self, params) -> dict[str, Any]:
         return {group: self.transform.init(subtree) for group, subtree in self.groups_of(params).items()}
 
-    def update(self, grads, state: dict, params, groups: tuple[str, ...] | None):
-        """(new params, new state): the optimizer step for `groups` (None: all); other groups untouched."""
+    def update(self, grads, state: dict, params, groups: tuple[str, ...] | None, learning_rate=None):
+        """(new params, new state): the optimizer step for `groups` (None: all); other groups untouched.
+        `learning_rate` replaces the config's (an ensemble member's own)."""
+        transform = self.transform if learning_rate is None else make_optimizer(self.train, learning_rate)
         param_groups = self.groups_of(params)
         grad_groups = self.groups_of(grads)
         new_state = dict(state)
@@ -96,7 +99,7 @@ class GroupedOptimizer:
         for group in param_groups if groups is None else groups:
             if group not in param_groups:
                 continue
-            updates, new_state[group] = self.transform.update(grad_groups[group], state[group], param_groups[group])
+            updates, new_state[group] = transform.update(grad_groups[group], state[group], param_groups[group])
             new_params = optax.apply_updates(param_groups[group], updates)
             merged.update(flax.traverse_util.flatten_dict(new_params))
         return flax.traverse_util.unflatten_dict(merged), new_state

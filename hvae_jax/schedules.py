@@ -52,27 +52,31 @@ class Schedule:
         del epoch
         return True
 
-    def beta(self, step: jax.Array) -> jax.Array:
-        """The annealed KL weight at update `step` (counted from 0)."""
+    def beta(self, step: jax.Array, beta_cap: jax.Array | None = None) -> jax.Array:
+        """The annealed KL weight at update `step` (counted from 0); `beta_cap` replaces the config's cap (an
+        ensemble member's own, `hyperparameters.py`)."""
         train = self.train
+        cap = train.beta_cap if beta_cap is None else beta_cap
         if train.kl_weight_per_item > 0:
             return jnp.ones((), jnp.float32)  # the per-user weight replaces it (`per_user_kl_weights`)
         if train.anneal_epochs is not None:
             epoch = (step // self.steps_per_epoch + 1).astype(jnp.float32)
-            return train.beta_cap * jnp.minimum(1.0, epoch / train.anneal_epochs)
-        return jnp.minimum(train.beta_cap, step.astype(jnp.float32) / self.anneal_steps)
+            return cap * jnp.minimum(1.0, epoch / train.anneal_epochs)
+        return jnp.minimum(cap, step.astype(jnp.float32) / self.anneal_steps)
 
-    def betas(self, step: jax.Array) -> jax.Array:
+    def betas(self, step: jax.Array, beta_cap: jax.Array | None = None) -> jax.Array:
         """[L] KL weight of each latent level at update `step`: beta times each level's multiplier."""
         multipliers = self.train.beta_per_level or (1.0,) * self.n_levels
         if len(multipliers) != self.n_levels:
             raise ValueError(f"beta_per_level has {len(multipliers)} entries for {self.n_levels} latent levels")
-        return self.beta(step) * jnp.asarray(multipliers, jnp.float32)
+        return self.beta(step, beta_cap) * jnp.asarray(multipliers, jnp.float32)
 
-    def per_user_kl_weights(self, n_positives: jax.Array) -> jax.Array | None:
-        """[batch] RecVAE's beta_u = gamma |x_u|, or None."""
-        gamma = self.train.kl_weight_per_item
-        return None if gamma <= 0 else gamma * n_positives.astype(jnp.float32)
+    def per_user_kl_weights(self, n_positives: jax.Array, gamma: jax.Array | None = None) -> jax.Array | None:
+        """[batch] RecVAE's beta_u = gamma |x_u| (`gamma` replacing the config's), or None when the run has none."""
+        if self.train.kl_weight_per_item <= 0:
+            return None
+        gamma = self.train.kl_weight_per_item if gamma is None else gamma
+        return gamma * n_positives.astype(jnp.float32)
 
 
 class Joint(Schedule):

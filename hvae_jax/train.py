@@ -31,6 +31,7 @@ from hvae_jax.configs import CHECKPOINT_UPDATES, TrainConfig
 from hvae_jax.data.batches import epoch_order, to_device
 from hvae_jax.data.splits import Split
 from hvae_jax.evaluate import DEFAULT_KS
+from hvae_jax.hyperparameters import Hyperparameters, changed, member_configs, stacked
 from hvae_jax.logs import MetricsLog
 from hvae_jax.models.hvae import init_params, parameter_group
 from hvae_jax.models.likelihoods import LIKELIHOODS
@@ -153,17 +154,22 @@ class TrainSetup:
         return self.optimizer.evaluation_params(state.opt_state, state.params)
 
     def make_update(self, phase: Phase) -> Callable:
-        """`update(state, rows, train_key, matrix, side) -> (state, metrics)`, un-jitted: one optimizer step of
-        `phase`'s parameter groups on the training rows `rows` ([batch], -1 pads)."""
+        """`update(state, rows, train_key, matrix, side, hyper=None) -> (state, metrics)`, un-jitted: one optimizer
+        step of `phase`'s parameter groups on the training rows `rows` ([batch], -1 pads). `hyper`
+        (`hyperparameters.Hyperparameters`, scalars) replaces the config's values of its non-None fields."""
         path, schedule, optimizer = self.path, self.schedule, self.optimizer
 
-        def update(state: TrainState, rows: jax.Array, train_key, matrix, side):
+        def update(state: TrainState, rows: jax.Array, train_key, matrix, side, hyper: Hyperparameters | None = None):
+            if hyper is None:
+                hyper = Hyperparameters()
             key = jax.random.fold_in(train_key, state.step)
-            betas = schedule.betas(state.step)
+            betas = schedule.betas(state.step, hyper.beta_cap)
+            kl_weights_fn = functools.partial(schedule.per_user_kl_weights, gamma=hyper.kl_weight_per_item)
 
             def loss(params):
                 return path.loss_of_rows(params, state.snapshot, rows, matrix, side, key=key, betas=betas,
-                                       kl_weights_fn=schedule.per_user_kl_weights, dropout=phase.dropout)
+                                         kl_weights_fn=kl_weights_fn, dropout=phase.dropout,
+                                         weight_decay=hyper.weight_decay)
 
             if phase.groups is None:
                 (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
@@ -171,7 +177,8 @@ class TrainSetup:
                 # Differentiate the updated groups only: the frozen ones cost no backward pass.
                 trainable, frozen = _partition(state.params, optimizer.label, phase.groups)
                 (_, metrics), grads = jax.value_and_grad(lambda t: loss(_merge(t, frozen)), has_aux=True)(trainable)
-            params, opt_state = optimizer.update(grads, state.opt_state, state.params, phase.groups)
+            params, opt_state = optimizer.update(grads, state.opt_state, state.params, phase.groups,
+                                                 hyper.learning_rate)
             metrics = dict(metrics, beta=betas[0] if betas.shape[0] else jnp.zeros(()))
             return TrainState(state.step + 1, params, opt_state, state.snapshot), metrics
 
@@ -500,10 +507,12 @@ def _default_hooks(setup: TrainSetup, split: Split, side: dict, checkpoints: Che
 
 @dataclasses.dataclass
 class EnsembleResult:
-    """Per member (one per seed): final parameters, and with validation the best parameters, epoch and metrics
-    and the learning curve; plus the ensemble's training throughput.
+    """Per member (one per seed, or per setting and seed): final parameters, and with validation the best
+    parameters, epoch and metrics and the learning curve; plus the ensemble's training throughput.
 
     Attributes:
+      seeds: each member's seed.
+      settings: each member's hyperparameters where they differ from the run's `TrainConfig` ({} for none).
       best_params: each member's evaluation parameters at its best validated epoch (its last epoch's without
         validation).
       best_epochs: each member's best validated epoch, or None without validation.
@@ -522,22 +531,32 @@ class EnsembleResult:
     best_validations: list = dataclasses.field(default_factory=list)
     histories: list = dataclasses.field(default_factory=list)
     stopped_early: bool = False
+    settings: list = dataclasses.field(default_factory=list)
 
 
 def fit_ensemble(
-    model_config, train, split: Split, seeds: tuple[int, ...], *, progress: bool = True, validate: bool = True,
-    ks: tuple[int, ...] = DEFAULT_KS,
+    model_config, train, split: Split, seeds: tuple[int, ...], *, settings=None, progress: bool = True,
+    validate: bool = True, ks: tuple[int, ...] = DEFAULT_KS,
 ) -> EnsembleResult:
-    """Trains one model per seed in a single program: the update is vmapped over stacked states.
+    """Trains one model per seed, or per (setting, seed), in a single program: the update is vmapped over stacked
+    states.
 
-    Member m draws exactly the keys `fit` draws with `seed=seeds[m]` (init, per-update noise, per-epoch shuffle), so
-    its parameters equal training it alone, up to float reassociation in the batched matmuls. With `validate` and
+    `settings`: dicts of `TrainConfig` fields among `hyperparameters.VARIABLE` (learning rate, L2 weight, KL cap,
+    per-item KL weight), e.g. `[{"learning_rate": 1e-3}, {"learning_rate": 3e-3, "weight_decay": 2e-5}]`. Every
+    setting trains with every seed, setting-major: members (settings[0], seeds[0]), (settings[0], seeds[1]), ...,
+    (settings[1], seeds[0]), ... Other fields shape the compiled program and are refused.
+
+    Member m draws exactly the keys `fit` draws with its seed (init, per-update noise, per-epoch shuffle) and uses
+    its setting's values, so its parameters equal training it alone with that `TrainConfig`, up to float
+    reassociation in the batched matmuls. With `validate` and
     validation users, every member is validated as `fit` validates (every `eval_every` epochs, the best evaluation
     parameters kept, averaging included), and the ensemble stops early once every member has gone
     `early_stopping` epochs without improving. No checkpoints or side features here.
     """
+    member_trains = member_configs(train, seeds, settings)
+    hyper = stacked(train, member_trains)
     setup = TrainSetup.build(model_config, train, split.train)
-    member_keys = [run_keys(seed) for seed in seeds]
+    member_keys = [run_keys(member.seed) for member in member_trains]
     states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[setup.init_state(key=keys.init) for keys in member_keys])
     train_keys = jnp.stack([keys.train for keys in member_keys])
     shuffle_keys = jnp.stack([keys.shuffle for keys in member_keys])
@@ -546,7 +565,7 @@ def fit_ensemble(
     orders_for = jax.jit(jax.vmap(
         lambda key, epoch: epoch_order(jax.random.fold_in(key, epoch), setup.n_train, setup.batch_size),
         in_axes=(0, None)))
-    members = [hooks.LoopState() for _ in seeds]
+    members = [hooks.LoopState() for _ in member_trains]
     validation = None
     if validate and split.valid is not None:
         validation = hooks.Validation(setup.path.eval_step(ks), split.valid, every=train.eval_every,
@@ -557,7 +576,7 @@ def fit_ensemble(
                                    log=lambda message: None)
     clock = _Clock()
     all_stopped = False
-    for epoch in tqdm(range(1, train.epochs + 1), desc=f"ensemble x{len(seeds)}", disable=not progress):
+    for epoch in tqdm(range(1, train.epochs + 1), desc=f"ensemble x{len(members)}", disable=not progress):
         if all_stopped:
             break
         start = time.perf_counter()
@@ -568,7 +587,7 @@ def fit_ensemble(
         chunk_metrics = []
         for chunk_start in range(0, setup.steps_per_epoch, train.steps_per_dispatch):
             states, metrics = chunks[phase.name](
-                states, orders[:, chunk_start : chunk_start + train.steps_per_dispatch], train_keys, matrix)
+                states, orders[:, chunk_start : chunk_start + train.steps_per_dispatch], train_keys, matrix, hyper)
             chunk_metrics.append(metrics)
         metrics = jax.tree.map(lambda *m: np.concatenate([np.asarray(a) for a in m]), *chunk_metrics)
         seconds = time.perf_counter() - start
@@ -591,14 +610,14 @@ def fit_ensemble(
                 hook.after_epoch(loop)
             loop.history.append(loop.row)
         all_stopped = validation is not None and all(loop.stopped_early for loop in members)
-    params = [jax.tree.map(lambda leaf: leaf[m], states.params) for m in range(len(seeds))]
+    params = [jax.tree.map(lambda leaf: leaf[m], states.params) for m in range(len(members))]
     return EnsembleResult(
         model=setup.model,
         params=params,
-        seeds=tuple(seeds),
+        seeds=tuple(member.seed for member in member_trains),
         train_seconds=clock.train_seconds,
         compile_seconds=clock.compile_seconds,
-        users_per_second=clock.users_per_second(setup.n_train * len(seeds)),
+        users_per_second=clock.users_per_second(setup.n_train * len(members)),
         path=setup.path,
         best_params=[loop.best_params if loop.best_params is not None else loop.evaluation_params
                      for loop in members],
@@ -606,6 +625,7 @@ def fit_ensemble(
         best_validations=[loop.best_validation for loop in members],
         histories=[loop.history for loop in members],
         stopped_early=all_stopped,
+        settings=[changed(train, member) for member in member_trains],
     )
 
 
@@ -614,10 +634,11 @@ def _ensemble_chunk(setup: TrainSetup, phase: Phase):
     update = setup.make_update(phase)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
-    def chunk(states, member_orders, train_keys, matrix):
-        # member_orders: [n_members, n_steps, batch] -> scan over steps, vmap over members.
-        members_update = jax.vmap(lambda s, rows, key: update(s, rows, key, matrix, None))
-        return jax.lax.scan(lambda s, rows: members_update(s, rows, train_keys), states,
+    def chunk(states, member_orders, train_keys, matrix, hyper):
+        # member_orders: [n_members, n_steps, batch] -> scan over steps, vmap over members (and their
+        # hyperparameters: [n_members] arrays, or None where every member has the config's value).
+        members_update = jax.vmap(lambda s, rows, key, h: update(s, rows, key, matrix, None, h))
+        return jax.lax.scan(lambda s, rows: members_update(s, rows, train_keys, hyper), states,
                             jnp.swapaxes(member_orders, 0, 1))
 
     return chunk

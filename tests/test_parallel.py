@@ -79,6 +79,48 @@ def test_an_ensemble_member_that_stops_early_does_not_stop_the_others(tmp_path):
     assert ensemble.best_epochs[0] != ensemble.best_epochs[1]  # the members did stop at different epochs
     assert ensemble.stopped_early
 
+def test_ensemble_members_with_their_own_settings_equal_training_alone(tmp_path):
+    # Two settings x two seeds in one program: each member's learning rate, L2 weight and KL cap are traced numbers
+    # of the shared update, and each member must equal `fit` run alone with that TrainConfig.
+    split = _split()
+    train = TrainConfig(epochs=2, batch_size=64, steps_per_dispatch=3)
+    settings = [{}, {"learning_rate": 3e-3, "weight_decay": 1e-3, "beta_cap": 0.5}]
+    ensemble = fit_ensemble(MODEL, train, split, (1, 2), settings=settings, progress=False)
+    assert ensemble.seeds == (1, 2, 1, 2)
+    assert ensemble.settings == [{}, {}, settings[1], settings[1]]
+    for m, (setting, seed) in enumerate([(s, seed) for s in settings for seed in (1, 2)]):
+        config = TrainConfig(**{**train.__dict__, **setting, "seed": seed})
+        alone = fit(MODEL, config, split, tmp_path / f"m{m}", progress=False, log=lambda message: None)
+        assert _max_difference(alone.final_params, ensemble.params[m]) < 1e-6
+        assert [row["loss"] for row in ensemble.histories[m]] == pytest.approx(
+            [row["loss"] for row in alone.history], rel=1e-5)
+    # The same seed under the two settings must differ, or the settings never reached the update.
+    assert _max_difference(ensemble.params[0], ensemble.params[2]) > 1e-3
+
+
+def test_ensemble_members_with_their_own_per_user_kl_weight_equal_training_alone(tmp_path):
+    split = _split()
+    train = TrainConfig(epochs=2, batch_size=64, steps_per_dispatch=3, kl_weight_per_item=0.005)
+    settings = [{"kl_weight_per_item": 0.002}, {"kl_weight_per_item": 0.05}]
+    ensemble = fit_ensemble(MODEL, train, split, (1,), settings=settings, progress=False)
+    for m, setting in enumerate(settings):
+        alone = fit(MODEL, TrainConfig(**{**train.__dict__, **setting, "seed": 1}), split, tmp_path / f"g{m}",
+                    progress=False, log=lambda message: None)
+        assert _max_difference(alone.final_params, ensemble.params[m]) < 1e-6
+    assert _max_difference(ensemble.params[0], ensemble.params[1]) > 1e-4
+
+
+@pytest.mark.parametrize("settings, message", [
+    ([{"batch_size": 32}], "changes batch_size: an ensemble's members share one compiled program"),
+    ([{"learning_rate": -1.0}], "learning_rate must be in"),
+    ([{"kl_weight_per_item": 0.005}], "a per-user KL weight and an annealed one are different objectives"),
+    ([], "at least one setting"),
+])
+def test_ensemble_settings_that_cannot_share_one_program_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        fit_ensemble(MODEL, TrainConfig(epochs=1, batch_size=64), _split(), (1,), settings=settings, progress=False)
+
+
 DATA_PARALLEL_SCRIPT = textwrap.dedent(
     """
     import json, sys
