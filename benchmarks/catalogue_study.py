@@ -48,6 +48,11 @@ SETTINGS = {
     "multvae-wd-2e-5": ["--model", "multvae", "--weight-decay", "2e-5"],
     "multvae-lr3e-3-avg": ["--model", "multvae", "--lr", "3e-3", "--average-decay", "0.998"],
     "multvae-batch-100": ["--model", "multvae", "--batch-size", "100"],
+    # Mult-DAE's capacity with a latent variable: its [I-200-I] has a third of Mult-VAE's [I-600-200-600-I]
+    # weights. One tanh layer of 200 to the posterior, logits linear in z ([I-200-200-I]); and the linear decoder
+    # alone ([I-600-200-I], RecVAE's decoder).
+    "multvae-narrow-linear": ["--model", "multvae", "--hidden", "200", "--decoder-layers", "0"],
+    "multvae-linear-decoder": ["--model", "multvae", "--decoder-layers", "0"],
     "multdae-default": ["--model", "multdae"],
     # Longer budgets (the curves to 300 epochs): early stopping still applies; the default anneal then reaches its
     # cap at epoch 60 rather than 20, since it rises over all the run's updates.
