@@ -7,6 +7,8 @@ benchmarks/results/runs/, so tables are rebuilt without retraining.
                                                                                       # selection seed
   python -m benchmarks.accuracy run --datasets ml-1m --models multvae,recvae --stage seeds   # stage 2: the chosen
                                                                                       # setting, the other seeds
+  python -m benchmarks.accuracy run --datasets ml-1m --models multvae --stage seeds --ensemble   # the other seeds
+                                                                                      # as one vmapped program
   python -m benchmarks.accuracy table --datasets ml-1m,lastfm,ml-latest-small,amazon-book --out benchmarks/results/hierarchy-table
   python -m benchmarks.accuracy plan                                                  # what is still to run
   python -m benchmarks.accuracy record --workdir DIR --out F.json --command-line "..."  # a `hvae train` run as a
@@ -221,6 +223,52 @@ def run_one(dataset: str, model: str, tag: str, seed: int, workroot: pathlib.Pat
     return record
 
 
+def run_seeds_together(dataset: str, model: str, tag: str, seeds: tuple[int, ...], *, force: bool = False
+                       ) -> list[dict]:
+    """Trains the seeds of one (data set, model, setting) as one vmapped ensemble (`fit_ensemble`: the update
+    vmapped over the members, each member the keys `run_one` would draw for its seed) and writes one record per
+    seed: the test and validation metrics of each member's best validated parameters and its learning curve. Each
+    record's wall_seconds is the ensemble's, shared; there are no run directories, checkpoints or latent
+    diagnostics. Existing records are kept unless `force`."""
+    from hvae_jax.evaluate import evaluate
+    from hvae_jax.experiment import evaluation_ks, prepare_split
+    from hvae_jax.train import fit_ensemble
+
+    pending = tuple(seed for seed in seeds if force or not run_path(dataset, model, tag, seed).exists())
+    if not pending:
+        return [json.loads(run_path(dataset, model, tag, seed).read_text()) for seed in seeds]
+    settings_fields, model_config, train = configs_for(dataset, model, tag, pending[0])
+    settings = RunSettings(**settings_fields, workdir="(an ensemble: no run directory)")
+    split, _ = prepare_split(settings, log=lambda message: None)
+    start = time.perf_counter()
+    ensemble = fit_ensemble(model_config, train, split, pending, progress=False)
+    eval_step = ensemble.path.eval_step(evaluation_ks(settings))
+    records = []
+    for m, seed in enumerate(pending):
+        history = [{key: row.get(key) for key in ("epoch", "phase", "loss", "nll", "kl", "beta", "active_units",
+                                                  "train_seconds")}
+                   | {"valid_ndcg@100": (row.get("valid") or {}).get("ndcg@100")} for row in ensemble.histories[m]]
+        results = {
+            "test": evaluate(eval_step, ensemble.best_params[m], split.test),
+            "valid": evaluate(eval_step, ensemble.best_params[m], split.valid),
+            "epochs": history[-1]["epoch"], "best_epoch": ensemble.best_epochs[m],
+            "trained_as": f"one member of a vmapped ensemble of seeds {list(pending)}",
+        }
+        record = {
+            "dataset": dataset, "model": model, "tag": tag, "seed": seed,
+            "settings": settings_fields, "model_config": model_config_to_dict(model_config),
+            "train_config": dataclasses.asdict(dataclasses.replace(train, seed=seed)),
+            "wall_seconds": time.perf_counter() - start,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "results": results, "history": history,
+        }
+        path = run_path(dataset, model, tag, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+        records.append(record)
+    return records
+
+
 def tags_of(model: str) -> list[str]:
     return list(GRIDS.get(model, {"default": ({}, {})}))
 
@@ -252,6 +300,14 @@ def cmd_run(args) -> None:
                     print(f"{dataset} {model}: no selection run yet", flush=True)
                     continue
                 jobs = [(tag, seed) for seed in SEEDS[1:]]
+                if args.ensemble and MODELS[model].config.kind not in ("ease", "popularity"):
+                    for record in run_seeds_together(dataset, model, tag, SEEDS[1:], force=args.force):
+                        result = record["results"]
+                        print(f"{dataset} {model} {tag} seed {record['seed']} (ensemble): valid "
+                              f"{result['valid']['ndcg@100']:.4f} test {result['test']['ndcg@100']:.4f} best epoch "
+                              f"{result.get('best_epoch')} of {result.get('epochs')} "
+                              f"({record['wall_seconds']:.0f} s, all members)", flush=True)
+                    continue
             for tag, seed in jobs:
                 if MODELS[model].config.kind in ("ease", "popularity") and seed != SEEDS[0]:
                     continue  # deterministic
@@ -364,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
                                  help="train only the setting chosen on DATASET's validation (stage select)")
             command.add_argument("--workroot", default=str(ROOT / "runs" / "accuracy"))
             command.add_argument("--force", action="store_true", help="rerun even if the record exists")
+            command.add_argument("--ensemble", action="store_true",
+                                 help="stage seeds: train the seeds as one vmapped ensemble (fit_ensemble)")
         if name == "table":
             command.add_argument("--out", help="path without suffix for the .json and .md")
     record = commands.add_parser("record", help="a record of a run directory made by `hvae train`")

@@ -245,6 +245,37 @@ def test_record_of_an_interrupted_run_says_when_it_came_within_one_percent_of_it
                                                           "valid_ndcg@100": 0.3, "train_seconds": None}
 
 
+@pytest.mark.usefixtures("standard_dtype_promotion")  # optax's Adam (see conftest)
+def test_seeds_trained_together_write_the_records_that_training_each_alone_writes(tmp_path, monkeypatch):
+    from benchmarks import accuracy
+
+    # A small stand-in for a data set and a setting of the grid: the built-in synthetic data, a narrow Mult-VAE.
+    monkeypatch.setitem(accuracy.DATASETS, "tiny", dict(data=None, heldout_users=100))
+    monkeypatch.setitem(accuracy.BUDGET, "tiny", dict(epochs=5, early_stopping=2))
+    monkeypatch.setitem(accuracy.GRIDS["multvae"], "tiny",
+                        (dict(hidden=16, latents=(8,)), dict(batch_size=256, average_decay=0.9)))
+    monkeypatch.setattr(accuracy, "RUNS", tmp_path / "alone")
+    alone = [accuracy.run_one("tiny", "multvae", "tiny", seed, tmp_path / "work") for seed in (2, 3)]
+    monkeypatch.setattr(accuracy, "RUNS", tmp_path / "together")
+    together = accuracy.run_seeds_together("tiny", "multvae", "tiny", (2, 3))
+    assert [record["seed"] for record in together] == [2, 3]
+    for one, member in zip(alone, together):
+        as_written = json.loads(json.dumps(member))  # tuples as lists
+        assert json.loads(accuracy.run_path("tiny", "multvae", "tiny", member["seed"]).read_text()) == as_written
+        assert member["train_config"] == json.loads(json.dumps(one["train_config"]))
+        assert member["results"]["best_epoch"] == one["results"]["best_epoch"]
+        assert member["results"]["epochs"] == one["results"]["epochs"]
+        for part in ("valid", "test"):
+            for metric in ("ndcg@100", "recall@20", "recall@50"):
+                assert member["results"][part][metric] == pytest.approx(one["results"][part][metric], abs=1e-6)
+        assert [row["valid_ndcg@100"] for row in member["history"]] == pytest.approx(
+            [row["valid_ndcg@100"] for row in one["history"]], abs=1e-6)
+    # Different seeds, different models: otherwise the comparison above could not tell members apart.
+    assert together[0]["results"]["test"]["ndcg@100"] != together[1]["results"]["test"]["ndcg@100"]
+    # Records that exist are kept, as run_one keeps them.
+    assert accuracy.run_seeds_together("tiny", "multvae", "tiny", (2, 3)) == json.loads(json.dumps(together))
+
+
 def test_early_stopping_replay_follows_the_patience_rule_and_counts_updates_per_epoch(tmp_path):
     from benchmarks import early_stopping
 
