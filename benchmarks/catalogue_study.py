@@ -53,6 +53,8 @@ SETTINGS = {
     # alone ([I-600-200-I], RecVAE's decoder).
     "multvae-narrow-linear": ["--model", "multvae", "--hidden", "200", "--decoder-layers", "0"],
     "multvae-linear-decoder": ["--model", "multvae", "--decoder-layers", "0"],
+    "multvae-linear-decoder-lr3e-3-avg": ["--model", "multvae", "--decoder-layers", "0", "--lr", "3e-3",
+                                          "--average-decay", "0.998"],
     "multdae-default": ["--model", "multdae"],
     # Longer budgets (the curves to 300 epochs): early stopping still applies; the default anneal then reaches its
     # cap at epoch 60 rather than 20, since it rises over all the run's updates.
