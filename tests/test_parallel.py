@@ -110,6 +110,20 @@ def test_ensemble_members_with_their_own_per_user_kl_weight_equal_training_alone
     assert _max_difference(ensemble.params[0], ensemble.params[1]) > 1e-4
 
 
+def test_the_readme_ensemble_example_trains_each_setting_with_each_seed(capsys):
+    from tests.test_priors import readme_block
+
+    import hvae_jax as hv
+
+    namespace = {"hv": hv, "split": _split()}
+    exec(compile(readme_block("example: seeds and settings in one program"), "README.md", "exec"), namespace)  # noqa: S102
+    ensemble = namespace["ensemble"]
+    fast = {"learning_rate": 3e-3, "weight_decay": 2e-5}
+    assert list(zip(ensemble.seeds, ensemble.settings)) == [(1, {}), (2, {}), (1, fast), (2, fast)]
+    assert all(0 < best["ndcg@100"] <= 1 for best in ensemble.best_validations)
+    assert len(capsys.readouterr().out.splitlines()) == 4
+
+
 @pytest.mark.parametrize("settings, message", [
     ([{"batch_size": 32}], "changes batch_size: an ensemble's members share one compiled program"),
     ([{"learning_rate": -1.0}], "learning_rate must be in"),

@@ -93,6 +93,17 @@ def readme_block(marker: str) -> str:
 
 
 @pytest.mark.usefixtures("standard_dtype_promotion")
+def test_the_readme_from_python_example_trains_and_evaluates(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(readme_block("example: from Python"), "README.md", "exec"), namespace)  # noqa: S102
+    ndcg, se = (float(value) for value in capsys.readouterr().out.split())
+    assert 0 < ndcg <= 1 and 0 < se < ndcg
+    assert namespace["test"]["ndcg@100"] == pytest.approx(ndcg)
+    assert len(namespace["result"].history) == 5 and (tmp_path / "runs" / "py" / "metrics.jsonl").exists()
+
+
+@pytest.mark.usefixtures("standard_dtype_promotion")
 def test_the_readme_prior_example_runs_through_fit(tmp_path, monkeypatch):
     code = readme_block("example: a new prior")
     assert len(code.strip().splitlines()) < 60
