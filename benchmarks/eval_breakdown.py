@@ -79,7 +79,7 @@ def step_parts(model: str, shape_name: str, batch_size: int, k: int, repeats: in
     try:
         import torch
 
-        values = torch.from_numpy(np.asarray(logits))
+        values = torch.from_numpy(np.array(logits))  # a writable copy: JAX's buffers are read-only to torch
         before = torch.get_num_threads()
         for threads in (1, 2):
             torch.set_num_threads(threads)
