@@ -118,8 +118,9 @@ def _tuples(fields: dict) -> dict:
     return {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}
 
 
-def run_path(dataset: str, model: str, tag: str, seed: int) -> pathlib.Path:
-    return RUNS / dataset / f"{model}--{tag}--seed{seed}.json"
+def run_path(dataset: str, model: str, tag: str, seed: int, root: pathlib.Path | None = None) -> pathlib.Path:
+    """Where the record of one run lives: under `root`, or `RUNS` (benchmarks/results/runs)."""
+    return (root or RUNS) / dataset / f"{model}--{tag}--seed{seed}.json"
 
 
 def configs_for(dataset: str, model: str, tag: str, seed: int, overrides: tuple[dict, dict] | None = None):
@@ -148,15 +149,17 @@ def configs_for(dataset: str, model: str, tag: str, seed: int, overrides: tuple[
 def history_of(workdir: pathlib.Path) -> list[dict]:
     """One row per epoch of a run directory's metrics.jsonl: the losses, KL, beta, training seconds and the
     validation NDCG@100 (None where the epoch was not validated)."""
-    history = []
     metrics_file = workdir / "metrics.jsonl"
-    if metrics_file.exists():
-        for line in metrics_file.read_text().splitlines():
-            row = json.loads(line)
-            history.append({key: row.get(key) for key in ("epoch", "phase", "loss", "nll", "kl", "beta",
-                                                          "active_units", "train_seconds")}
-                           | {"valid_ndcg@100": (row.get("valid") or {}).get("ndcg@100")})
-    return history
+    if not metrics_file.exists():
+        return []
+    return [history_row(json.loads(line)) for line in metrics_file.read_text().splitlines()]
+
+
+def history_row(row: dict) -> dict:
+    """A record's row of one epoch from its metric row (`fit`'s log line, or an ensemble member's history)."""
+    return ({key: row.get(key) for key in ("epoch", "phase", "loss", "nll", "kl", "beta", "active_units",
+                                           "train_seconds")}
+            | {"valid_ndcg@100": (row.get("valid") or {}).get("ndcg@100")})
 
 
 def time_to_fraction_of_best(history: list[dict], fraction: float = 0.99) -> dict | None:
@@ -209,64 +212,57 @@ def run_one(dataset: str, model: str, tag: str, seed: int, workroot: pathlib.Pat
     settings = RunSettings(**settings_fields, workdir=str(workdir))
     start = time.perf_counter()
     results = run(settings, model_config, train, progress=False, log=lambda message: None)
-    history = history_of(workdir)
+    return _write_record(path, dataset, model, tag, settings_fields, model_config, train,
+                         time.perf_counter() - start, {key: value for key, value in results.items() if key != "split"},
+                         history_of(workdir))
+
+
+def _write_record(path: pathlib.Path, dataset: str, model: str, tag: str, settings_fields: dict, model_config,
+                  train: TrainConfig, wall_seconds: float, results: dict, history: list[dict]) -> dict:
+    """Writes one run's record (its seed is `train.seed`) to `path` and returns it."""
     record = {
-        "dataset": dataset, "model": model, "tag": tag, "seed": seed,
+        "dataset": dataset, "model": model, "tag": tag, "seed": train.seed,
         "settings": settings_fields, "model_config": model_config_to_dict(model_config),
-        "train_config": dataclasses.asdict(train), "wall_seconds": time.perf_counter() - start,
+        "train_config": dataclasses.asdict(train), "wall_seconds": wall_seconds,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "results": {key: value for key, value in results.items() if key != "split"},
-        "history": history,
+        "results": results, "history": history,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1))
     return record
 
 
-def run_seeds_together(dataset: str, model: str, tag: str, seeds: tuple[int, ...], *, force: bool = False
-                       ) -> list[dict]:
+def run_seeds_together(dataset: str, model: str, tag: str, seeds: tuple[int, ...], *, force: bool = False,
+                       root: pathlib.Path | None = None) -> list[dict]:
     """Trains the seeds of one (data set, model, setting) as one vmapped ensemble (`fit_ensemble`: the update
     vmapped over the members, each member the keys `run_one` would draw for its seed) and writes one record per
     seed: the test and validation metrics of each member's best validated parameters and its learning curve. Each
     record's wall_seconds is the ensemble's, shared; there are no run directories, checkpoints or latent
-    diagnostics. Existing records are kept unless `force`."""
+    diagnostics. Existing records (under `root`, or `RUNS`) are kept unless `force`."""
     from hvae_jax.evaluate import evaluate
     from hvae_jax.experiment import evaluation_ks, prepare_split
     from hvae_jax.train import fit_ensemble
 
-    pending = tuple(seed for seed in seeds if force or not run_path(dataset, model, tag, seed).exists())
+    pending = tuple(seed for seed in seeds if force or not run_path(dataset, model, tag, seed, root).exists())
     if not pending:
-        return [json.loads(run_path(dataset, model, tag, seed).read_text()) for seed in seeds]
+        return [json.loads(run_path(dataset, model, tag, seed, root).read_text()) for seed in seeds]
     settings_fields, model_config, train = configs_for(dataset, model, tag, pending[0])
     settings = RunSettings(**settings_fields, workdir="(an ensemble: no run directory)")
     split, _ = prepare_split(settings, log=lambda message: None)
     start = time.perf_counter()
     ensemble = fit_ensemble(model_config, train, split, pending, progress=False)
     eval_step = ensemble.path.eval_step(evaluation_ks(settings))
-    records = []
-    for m, seed in enumerate(pending):
-        history = [{key: row.get(key) for key in ("epoch", "phase", "loss", "nll", "kl", "beta", "active_units",
-                                                  "train_seconds")}
-                   | {"valid_ndcg@100": (row.get("valid") or {}).get("ndcg@100")} for row in ensemble.histories[m]]
-        results = {
-            "test": evaluate(eval_step, ensemble.best_params[m], split.test),
-            "valid": evaluate(eval_step, ensemble.best_params[m], split.valid),
-            "epochs": history[-1]["epoch"], "best_epoch": ensemble.best_epochs[m],
-            "trained_as": f"one member of a vmapped ensemble of seeds {list(pending)}",
-        }
-        record = {
-            "dataset": dataset, "model": model, "tag": tag, "seed": seed,
-            "settings": settings_fields, "model_config": model_config_to_dict(model_config),
-            "train_config": dataclasses.asdict(dataclasses.replace(train, seed=seed)),
-            "wall_seconds": time.perf_counter() - start,
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "results": results, "history": history,
-        }
-        path = run_path(dataset, model, tag, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1))
-        records.append(record)
-    return records
+    histories = [[history_row(row) for row in member_history] for member_history in ensemble.histories]
+    results = [{
+        "test": evaluate(eval_step, best_params, split.test),
+        "valid": evaluate(eval_step, best_params, split.valid),
+        "epochs": history[-1]["epoch"], "best_epoch": best_epoch,
+        "trained_as": f"one member of a vmapped ensemble of seeds {list(pending)}",
+    } for best_params, best_epoch, history in zip(ensemble.best_params, ensemble.best_epochs, histories)]
+    wall_seconds = time.perf_counter() - start  # the ensemble's, training and evaluating every member
+    return [_write_record(run_path(dataset, model, tag, seed, root), dataset, model, tag, settings_fields,
+                          model_config, dataclasses.replace(train, seed=seed), wall_seconds, member_results, history)
+            for seed, member_results, history in zip(pending, results, histories)]
 
 
 def tags_of(model: str) -> list[str]:
@@ -302,20 +298,19 @@ def cmd_run(args) -> None:
                 jobs = [(tag, seed) for seed in SEEDS[1:]]
                 if args.ensemble and MODELS[model].config.kind not in ("ease", "popularity"):
                     for record in run_seeds_together(dataset, model, tag, SEEDS[1:], force=args.force):
-                        result = record["results"]
-                        print(f"{dataset} {model} {tag} seed {record['seed']} (ensemble): valid "
-                              f"{result['valid']['ndcg@100']:.4f} test {result['test']['ndcg@100']:.4f} best epoch "
-                              f"{result.get('best_epoch')} of {result.get('epochs')} "
-                              f"({record['wall_seconds']:.0f} s, all members)", flush=True)
+                        _report(record, " (ensemble: the time of all members)")
                     continue
             for tag, seed in jobs:
                 if MODELS[model].config.kind in ("ease", "popularity") and seed != SEEDS[0]:
                     continue  # deterministic
-                record = run_one(dataset, model, tag, seed, workroot, force=args.force)
-                result = record["results"]
-                print(f"{dataset} {model} {tag} seed {seed}: valid {result['valid']['ndcg@100']:.4f} test "
-                      f"{result['test']['ndcg@100']:.4f} best epoch {result.get('best_epoch')} of "
-                      f"{result.get('epochs')} ({record['wall_seconds']:.0f} s)", flush=True)
+                _report(run_one(dataset, model, tag, seed, workroot, force=args.force))
+
+
+def _report(record: dict, how: str = "") -> None:
+    result = record["results"]
+    print(f"{record['dataset']} {record['model']} {record['tag']} seed {record['seed']}: valid "
+          f"{result['valid']['ndcg@100']:.4f} test {result['test']['ndcg@100']:.4f} best epoch "
+          f"{result.get('best_epoch')} of {result.get('epochs')} ({record['wall_seconds']:.0f} s{how})", flush=True)
 
 
 def summarize(dataset: str, model: str) -> dict | None:

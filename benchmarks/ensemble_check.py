@@ -30,26 +30,20 @@ def compare(dataset: str, model: str, tag: str, seeds: tuple[int, ...], scratch:
         if not path.exists():
             raise SystemExit(f"{path}: no sequential record to compare with (run benchmarks.accuracy first)")
         recorded[seed] = json.loads(path.read_text())
-    records_dir = accuracy.RUNS
-    accuracy.RUNS = scratch  # the ensemble's records go to the scratch directory, never over the sequential ones
-    try:
-        start = time.perf_counter()
-        together = accuracy.run_seeds_together(dataset, model, tag, seeds, force=True)
-        wall = time.perf_counter() - start
-    finally:
-        accuracy.RUNS = records_dir
+    start = time.perf_counter()
+    # The ensemble's records go to the scratch directory, never over the sequential ones.
+    together = accuracy.run_seeds_together(dataset, model, tag, seeds, force=True, root=scratch)
+    wall = time.perf_counter() - start
     members = []
     for record in together:
         alone = recorded[record["seed"]]["results"]
-        row = {"seed": record["seed"]}
-        for part in ("valid", "test"):
-            for metric in METRICS:
-                row[f"{part} {metric}"] = {"ensemble": record["results"][part][metric], "alone": alone[part][metric]}
-        for key in ("best_epoch", "epochs"):
-            row[key] = {"ensemble": record["results"][key], "alone": alone[key]}
-        row["largest metric difference"] = max(
-            abs(value["ensemble"] - value["alone"]) for name, value in row.items() if " " in name)
-        members.append(row)
+        metrics = {f"{part} {metric}": {"ensemble": record["results"][part][metric], "alone": alone[part][metric]}
+                   for part in ("valid", "test") for metric in METRICS}
+        members.append({
+            "seed": record["seed"], **metrics,
+            **{key: {"ensemble": record["results"][key], "alone": alone[key]} for key in ("best_epoch", "epochs")},
+            "largest metric difference": max(abs(pair["ensemble"] - pair["alone"]) for pair in metrics.values()),
+        })
     return {
         "dataset": dataset, "model": model, "tag": tag, "seeds": list(seeds),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),

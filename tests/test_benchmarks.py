@@ -256,12 +256,15 @@ def test_seeds_trained_together_write_the_records_that_training_each_alone_write
                         (dict(hidden=16, latents=(8,)), dict(batch_size=256, average_decay=0.9)))
     monkeypatch.setattr(accuracy, "RUNS", tmp_path / "alone")
     alone = [accuracy.run_one("tiny", "multvae", "tiny", seed, tmp_path / "work") for seed in (2, 3)]
-    monkeypatch.setattr(accuracy, "RUNS", tmp_path / "together")
-    together = accuracy.run_seeds_together("tiny", "multvae", "tiny", (2, 3))
+    together_root = tmp_path / "together"
+    together = accuracy.run_seeds_together("tiny", "multvae", "tiny", (2, 3), root=together_root)
     assert [record["seed"] for record in together] == [2, 3]
+    # One wall time for the ensemble, shared by its members' records.
+    assert together[0]["wall_seconds"] == together[1]["wall_seconds"] > 0
     for one, member in zip(alone, together):
         as_written = json.loads(json.dumps(member))  # tuples as lists
-        assert json.loads(accuracy.run_path("tiny", "multvae", "tiny", member["seed"]).read_text()) == as_written
+        path = accuracy.run_path("tiny", "multvae", "tiny", member["seed"], together_root)
+        assert json.loads(path.read_text()) == as_written
         assert member["train_config"] == json.loads(json.dumps(one["train_config"]))
         assert member["results"]["best_epoch"] == one["results"]["best_epoch"]
         assert member["results"]["epochs"] == one["results"]["epochs"]
@@ -273,7 +276,8 @@ def test_seeds_trained_together_write_the_records_that_training_each_alone_write
     # Different seeds, different models: otherwise the comparison above could not tell members apart.
     assert together[0]["results"]["test"]["ndcg@100"] != together[1]["results"]["test"]["ndcg@100"]
     # Records that exist are kept, as run_one keeps them.
-    assert accuracy.run_seeds_together("tiny", "multvae", "tiny", (2, 3)) == json.loads(json.dumps(together))
+    assert accuracy.run_seeds_together("tiny", "multvae", "tiny", (2, 3), root=together_root) == json.loads(
+        json.dumps(together))
 
 
 def test_early_stopping_replay_follows_the_patience_rule_and_counts_updates_per_epoch(tmp_path):
