@@ -59,6 +59,7 @@ SETTINGS = {
     # (beta_u = 0.005 |x_u|, constant from the first update): about 0.05 for amazon-book's mean user (9.2 items in
     # train.txt), 0.8 for ml-1m's (166).
     "multvae-linear-decoder-beta-0.1": ["--model", "multvae", "--decoder-layers", "0", "--beta-cap", "0.1"],
+    "multvae-linear-decoder-beta-0.05": ["--model", "multvae", "--decoder-layers", "0", "--beta-cap", "0.05"],
     "multvae-linear-decoder-kl-per-item": ["--model", "multvae", "--decoder-layers", "0",
                                            "--kl-weight-per-item", "0.005"],
     "multdae-default": ["--model", "multdae"],
