@@ -7,11 +7,15 @@ records its exit status, whether a traceback was printed, the last line of stder
 benchmarks/results/robustness-before.jsonl holds the cases run on the checkout before issue 11's fixes,
 robustness-after.jsonl on the fixed one (paths replaced by SCRATCH); README.md "Reliability" tabulates them.
 """
-import hashlib, json, os, pathlib, shutil, subprocess, sys
-import numpy as np
+import hashlib
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
 
 ROOT = pathlib.Path(sys.argv[1])  # scratch folder
-ONLY = sys.argv[2:] 
+ONLY = sys.argv[2:]
 ROOT.mkdir(parents=True, exist_ok=True)
 PY = [sys.executable, "-m", "hvae_jax.cli"]
 
