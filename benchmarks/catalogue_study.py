@@ -55,11 +55,12 @@ SETTINGS = {
     "multvae-linear-decoder": ["--model", "multvae", "--decoder-layers", "0"],
     "multvae-linear-decoder-lr3e-3-avg": ["--model", "multvae", "--decoder-layers", "0", "--lr", "3e-3",
                                           "--average-decay", "0.998"],
-    # Less pull towards the prior with the linear decoder: a lower cap, and RecVAE's KL weight per user
+    # The pull towards the prior with the linear decoder: other caps, and RecVAE's KL weight per user
     # (beta_u = 0.005 |x_u|, constant from the first update): about 0.05 for amazon-book's mean user (9.2 items in
     # train.txt), 0.8 for ml-1m's (166).
     "multvae-linear-decoder-beta-0.1": ["--model", "multvae", "--decoder-layers", "0", "--beta-cap", "0.1"],
     "multvae-linear-decoder-beta-0.05": ["--model", "multvae", "--decoder-layers", "0", "--beta-cap", "0.05"],
+    "multvae-linear-decoder-beta-0.4": ["--model", "multvae", "--decoder-layers", "0", "--beta-cap", "0.4"],
     "multvae-linear-decoder-kl-per-item": ["--model", "multvae", "--decoder-layers", "0",
                                            "--kl-weight-per-item", "0.005"],
     "multdae-default": ["--model", "multdae"],
