@@ -68,6 +68,11 @@ SETTINGS = {
     # cap at epoch 60 rather than 20, since it rises over all the run's updates.
     "multvae-300-epochs": ["--model", "multvae", "--epochs", "300"],
     "multdae-300-epochs": ["--model", "multdae", "--epochs", "300"],
+    "multvae-linear-decoder-300-epochs": ["--model", "multvae", "--decoder-layers", "0", "--epochs", "300"],
+    "multvae-linear-decoder-beta-0.1-300-epochs": ["--model", "multvae", "--decoder-layers", "0", "--beta-cap", "0.1",
+                                                   "--epochs", "300"],
+    "multvae-linear-decoder-lr3e-3-avg-300-epochs": ["--model", "multvae", "--decoder-layers", "0", "--lr", "3e-3",
+                                                     "--average-decay", "0.998", "--epochs", "300"],
     "ease": ["--model", "ease", "--ease-lambdas", "200,500,1000"],
 }
 BASELINES = ("ease",)  # beside the sweep: reported, never "the best setting"
