@@ -1,6 +1,8 @@
 """Defaults across catalogue shapes: Mult-VAE and Mult-DAE settings on amazon-book (KGAT's given split, validation
 carved from training: 70,679 users, 24,915 items, 12 interactions a user) and ml-1m-implicit (strong
-generalization, 600 + 600 held-out users, split seed 98765: 6,040 users, 3,706 items, 166 a user).
+generalization, 600 + 600 held-out users, split seed 98765: 6,040 users, 3,706 items, 166 a user), and a few
+settings on the small sets of the accuracy tables, Last.fm (1,892 users, 17,632 artists) and ml-latest-small
+(ratings > 3.5).
 
 Each setting is one `hvae train` command: the data set's flags, the setting's flags, every other flag at its default
 (early stopping included). One record per (data set, setting) under benchmarks/results/catalogue-study/, with the
@@ -32,6 +34,9 @@ DATASETS = {
     "amazon-book": ["--protocol", "given", "--train", f"{SHARED}/amazon-book/train.txt",
                     "--test", f"{SHARED}/amazon-book/test.txt", "--format", "adjacency"],
     "ml-1m": ["--data", f"{SHARED}/ml-1m-implicit", "--format", "adjacency", "--heldout-users", "600"],
+    # The two small sets of the accuracy tables, with their splits there (10% + 10% held-out users, seed 98765).
+    "lastfm": ["--data", f"{SHARED}/lastfm-hetrec2011", "--format", "lastfm"],
+    "ml-latest-small": ["--data", f"{SHARED}/ml-latest-small", "--format", "csv", "--min-rating", "3.5"],
 }
 
 # Setting name -> the flags it adds to the data set's. "default" means every other flag at its default.
