@@ -60,6 +60,10 @@ SETTINGS = {
     "multvae-linear-decoder": ["--model", "multvae", "--decoder-layers", "0"],
     "multvae-linear-decoder-lr3e-3-avg": ["--model", "multvae", "--decoder-layers", "0", "--lr", "3e-3",
                                           "--average-decay", "0.998"],
+    # Mult-DAE's network and L2 with a latent variable: [I-200-200-I] differs from Mult-DAE's [I-200-I] by the
+    # 200 x 200 map to the posterior's mean, the sampling and the KL term.
+    "multvae-narrow-linear-wd-2e-5": ["--model", "multvae", "--hidden", "200", "--decoder-layers", "0",
+                                      "--weight-decay", "2e-5"],
     # The pull towards the prior with the linear decoder: other caps, and RecVAE's KL weight per user
     # (beta_u = 0.005 |x_u|, constant from the first update): about 0.05 for amazon-book's mean user (9.2 items in
     # train.txt), 0.8 for ml-1m's (166).
