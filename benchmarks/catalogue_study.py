@@ -72,6 +72,12 @@ SETTINGS = {
     "multvae-linear-decoder-beta-0.05": [*LINEAR_DECODER, "--beta-cap", "0.05"],
     "multvae-linear-decoder-beta-0.4": [*LINEAR_DECODER, "--beta-cap", "0.4"],
     "multvae-linear-decoder-kl-per-item": [*LINEAR_DECODER, "--kl-weight-per-item", "0.005"],
+    # Input dropout {0, 0.2} beside the default 0.5 (the grid): amazon-book's users hold 9 training items,
+    # so half of them dropped leaves about 4 to encode, and the sampled z is noise of its own.
+    "multvae-linear-decoder-dropout-0.2": [*LINEAR_DECODER, "--dropout", "0.2"],
+    "multvae-linear-decoder-dropout-0": [*LINEAR_DECODER, "--dropout", "0"],
+    "multvae-linear-decoder-batch-100": [*LINEAR_DECODER, "--batch-size", "100"],
+    "multvae-linear-decoder-lr5e-4": [*LINEAR_DECODER, "--lr", "5e-4"],
     "multdae-default": ["--model", "multdae"],
     # Longer budgets (the curves to 300 epochs): early stopping still applies; the default anneal then reaches its
     # cap at epoch 60 rather than 20, since it rises over all the run's updates.
