@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 
+from benchmarks.runners import published_model
 from hvae_jax.configs import MODELS, TrainConfig, model_config_to_dict
 from hvae_jax.experiment import RunSettings, run
 
@@ -126,7 +127,7 @@ def run_path(dataset: str, model: str, tag: str, seed: int, root: pathlib.Path |
 def configs_for(dataset: str, model: str, tag: str, seed: int, overrides: tuple[dict, dict] | None = None):
     """(settings, model config, train config) of one run: the named model, the data set's budget, the setting
     `tag` of the model's grid (or `overrides`: model fields, train fields), and the seed."""
-    named = MODELS[model]
+    named = published_model(model)
     model_fields, train_fields = overrides or GRIDS.get(model, {}).get(tag, ({}, {}))
     model_config = dataclasses.replace(named.config, **_tuples(model_fields))
     # The budget's patience (in epochs) is the protocol: the named models' patience in updates stays out of it.

@@ -17,11 +17,12 @@ import json
 import pathlib
 
 from benchmarks.accuracy import DATASETS
-from hvae_jax.configs import MODELS, TrainConfig
+from benchmarks.runners import published_model
+from hvae_jax.configs import TrainConfig
 from hvae_jax.experiment import RunSettings, prepare_split, run
 from hvae_jax.train import fit_ensemble
 
-MULTVAE = MODELS["multvae"].config
+MULTVAE = published_model("multvae").config  # Liang et al.'s [I-600-200-600-I]
 
 
 def main() -> None:

@@ -45,6 +45,10 @@ def _optional_int(text: str) -> int | None:
     return None if str(text).lower() in ("none", "off", "0") else int(text)
 
 
+def _epochs(text: str) -> int | None:
+    return None if str(text).lower() == "auto" else int(text)
+
+
 def _bool(text: str) -> bool:
     value = str(text).lower()
     if value in ("1", "true", "yes", "on"):
@@ -113,7 +117,8 @@ TRAIN_FLAGS = (
     Flag("--kl-estimator", "model", "kl_estimator", str, "KL between Gaussian levels", ("analytic", "sample")),
     Flag("--init", "model", "init", str, "weight initialisation", ("glorot", "he", "torch")),
     Flag("--ease-lambdas", "model", "lambdas", _floats, "EASE: L2 weights to choose from on validation"),
-    Flag("--epochs", "train", "epochs", int, "epochs"),
+    Flag("--epochs", "train", "epochs", _epochs,
+         "epochs, or auto: enough for 10,000 updates, 100 to 300 (the default of --model multvae and multdae)"),
     Flag("--batch-size", "train", "batch_size", int, "users per update (500)"),
     Flag("--lr", "train", "learning_rate", float, "learning rate (1e-3)"),
     Flag("--optimizer", "train", "optimizer", str, "Adam, or Adam on unit-norm gradients (Kim & Suh)",
@@ -213,6 +218,8 @@ def resolve_train_config(args: argparse.Namespace) -> tuple:
     flags_by_key = {_flag_dest(flag): flag for flag in TRAIN_FLAGS}
     table = _read_toml(args.config) if args.config else {}
     model_name = args.model or (_model_name(table["model"], args.config) if "model" in table else None)
+    if model_name is None and not args.preset:
+        model_name = "multvae"  # `hvae train` alone: the default model with its training settings
     if model_name:
         named = MODELS[model_name]
         if sections["model"].get("kind", named.config.kind) != named.config.kind:

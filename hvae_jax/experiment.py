@@ -515,12 +515,14 @@ def _neural_results(settings: RunSettings, model_config, train_config: TrainConf
     results.update(_evaluate_both(fitted.path.eval_step(evaluation_ks(settings)), fitted.best_params, split, side))
     results.update(
         epochs=fitted.epochs_run,
+        # The epoch budget: --epochs, or the epochs scaled to the data where it was `auto` (configs.epochs_for).
+        epochs_planned=fitted.epochs_planned,
         # None when nothing was validated: the reported parameters are then the last epoch's.
         best_epoch=fitted.best_epoch,
         selected_on="validation" if fitted.best_epoch is not None else "last epoch (no validation users)",
         stopped_early=fitted.stopped_early,
         # Stopped before its last epoch other than by early stopping (results of `hvae evaluate` on such a run).
-        interrupted=fitted.epochs_run < train_config.epochs and not fitted.stopped_early,
+        interrupted=fitted.epochs_run < fitted.epochs_planned and not fitted.stopped_early,
         train_seconds=fitted.train_seconds + fitted.compile_seconds,
         compile_seconds=fitted.compile_seconds,
         train_users_per_second=fitted.users_per_second,
@@ -639,5 +641,6 @@ def _restore_fit(run_dir: RunDir, settings: RunSettings, model_config, train_con
         train_seconds=seconds, compile_seconds=0.0,
         users_per_second=setup.n_train * len(loop.history) / seconds if seconds > 0 else 0.0,
         resumed_from=loop.epoch, path=setup.path, stopped_early=loop.stopped_early,
+        epochs_planned=setup.train.epochs,
         snapshot=None if snapshot is None else setup.path.place(snapshot),
     )

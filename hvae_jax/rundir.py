@@ -298,7 +298,7 @@ def _length_unset(train: Mapping[str, Any]) -> bool:
 
 
 def _all_updates(epochs: Any) -> str:
-    return f"all updates of {epochs} epochs"
+    return f"all updates of {'the epochs scaled to the data' if epochs is None else f'{epochs} epochs'}"
 
 
 def _as_written_today(stored: Mapping[str, Any]) -> dict:
@@ -360,7 +360,8 @@ def compare(stored: Mapping[str, Any], new: Mapping[str, Any], updates_per_epoch
             # The stored run's anneal length was unset: the same length in updates is the same schedule.
             unset_before = (section, name) == ("train", "total_anneal_steps") and old == _all_updates(
                 old_values.get("epochs"))
-            same_length = old_values["epochs"] * updates_per_epoch if unset_before and updates_per_epoch else None
+            same_length = (old_values["epochs"] * updates_per_epoch
+                           if unset_before and updates_per_epoch and isinstance(old_values["epochs"], int) else None)
             if same_length is not None and _same(value, same_length):
                 continue
             if section == "settings" and name in CATALOGUE_LAYOUT_SETTINGS and _ABSENT in (old, value):
@@ -369,7 +370,10 @@ def compare(stored: Mapping[str, Any], new: Mapping[str, Any], updates_per_epoch
             if added_since and _same(ADDED_SETTINGS[section, name], value):
                 continue  # written before the setting existed, resumed with the value that behaves the same
             note = ""
-            if (section, name) == ("train", "epochs"):
+            if (section, name) == ("train", "epochs") and old is None:
+                note = ("the run's epochs were scaled to the data (--epochs auto); its results.json gives them as "
+                        "epochs_planned")
+            elif (section, name) == ("train", "epochs"):
                 note = "a run continues to more epochs, never fewer"
             elif added_since:
                 as_it_was = ADDED_SETTINGS[section, name]

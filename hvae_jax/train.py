@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from hvae_jax import hooks, input_paths, parallel
 from hvae_jax.checkpoint import Checkpoints, abstract_like
-from hvae_jax.configs import CHECKPOINT_UPDATES, TrainConfig
+from hvae_jax.configs import CHECKPOINT_UPDATES, TrainConfig, epochs_for
 from hvae_jax.data.batches import epoch_order, to_device
 from hvae_jax.data.splits import Split
 from hvae_jax.evaluate import DEFAULT_KS
@@ -124,6 +124,8 @@ class TrainSetup:
         if mesh is not None:
             parallel.check_batch_size(batch_size, mesh)
         steps_per_epoch = math.ceil(n_train / batch_size)
+        # An epoch budget scaled to the data is resolved here, once: everything below reads `setup.train.epochs`.
+        train = dataclasses.replace(train, epochs=epochs_for(train, steps_per_epoch))
         path = input_paths.resolve(model_config, train, train_matrix, batch_size=batch_size, mesh=mesh,
                                    catalogue_mesh=catalogue_mesh, logits_budget_bytes=logits_budget_bytes, ks=ks)
         schedule = build_schedule(train, n_levels=model_config.n_levels, steps_per_epoch=steps_per_epoch)
@@ -270,6 +272,7 @@ class FitResult:
         `best_params` are the last epoch's evaluation parameters and `epochs_run` says which epoch that was).
       path: the input path (its model, and the item-sharded catalogue layout where used).
       snapshot: the encoder snapshot of the final state (priors that need it), else None.
+      epochs_planned: the run's epoch budget (`TrainConfig.epochs`, resolved for the data where it was None).
       seconds_by_phase: wall seconds of this call by phase: "train" (the update chunks, compilation included) and
         one entry per hook ("Validation", "KeepBest", "Checkpointing", ...), so a run shows where its time goes.
     """
@@ -288,6 +291,7 @@ class FitResult:
     path: input_paths.InputPath | None = None
     snapshot: Any = None
     stopped_early: bool = False
+    epochs_planned: int | None = None
     seconds_by_phase: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -334,6 +338,9 @@ def fit(
                              logits_budget_bytes=logits_budget_bytes, ks=ks)
     if catalogue_mesh is not None:
         log(input_paths.describe(setup.path))
+    if train.epochs is None:
+        log(f"epochs: {setup.train.epochs}, scaled to the data ({setup.steps_per_epoch} updates an epoch; "
+            f"configs.epochs_for; --epochs N sets them)")
     side = side_features or {}
     matrix, train_side = _training_data(split, side, mesh)
     checkpoints = Checkpoints(run_paths)
@@ -366,6 +373,7 @@ def fit(
         path=setup.path,
         snapshot=state.snapshot,
         stopped_early=loop.stopped_early,
+        epochs_planned=setup.train.epochs,
         seconds_by_phase=clock.seconds_by_phase,
     )
 
@@ -556,6 +564,7 @@ def fit_ensemble(
     member_trains = member_configs(train, seeds, settings)
     hyper = stacked(train, member_trains)
     setup = TrainSetup.build(model_config, train, split.train)
+    train = setup.train  # the epoch budget resolved for this data
     member_keys = [run_keys(member.seed) for member in member_trains]
     states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[setup.init_state(key=keys.init) for keys in member_keys])
     train_keys = jnp.stack([keys.train for keys in member_keys])
