@@ -1,6 +1,6 @@
 """The `hvae` command: parses flags (over a preset and a TOML config file) and wires the library together.
 
-  hvae train [--data NAME_OR_PATH] [--model multvae|multdae|hvae|ease|popularity] [--overwrite] [...]
+  hvae train [--data NAME_OR_PATH] [--model multvae|multvae-liang|multdae|hvae|ease|popularity] [--overwrite] [...]
   hvae evaluate --workdir DIR
   hvae data list | hvae data fetch NAME
   hvae recommend --workdir DIR --items 1,2,3 [-k 20]
@@ -47,6 +47,9 @@ def _optional_int(text: str) -> int | None:
 
 def _epochs(text: str) -> int | None:
     return None if str(text).lower() == "auto" else int(text)
+
+
+_epochs.__name__ = "number of epochs (or auto)"  # argparse: "invalid number of epochs (or auto) value: 'x'"
 
 
 def _bool(text: str) -> bool:

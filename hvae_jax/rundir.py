@@ -371,8 +371,8 @@ def compare(stored: Mapping[str, Any], new: Mapping[str, Any], updates_per_epoch
                 continue  # written before the setting existed, resumed with the value that behaves the same
             note = ""
             if (section, name) == ("train", "epochs") and old is None:
-                note = ("the run's epochs were scaled to the data (--epochs auto); its results.json gives them as "
-                        "epochs_planned")
+                note = ("the run's epochs were scaled to the data (--epochs auto, given in its results.json as "
+                        "epochs_planned): it resumes with --epochs auto, and does not continue to a given number")
             elif (section, name) == ("train", "epochs"):
                 note = "a run continues to more epochs, never fewer"
             elif added_since:
@@ -381,9 +381,10 @@ def compare(stored: Mapping[str, Any], new: Mapping[str, Any], updates_per_epoch
                         f"--{name.replace('_', '-')} {'none' if as_it_was is None else as_it_was} resumes it as it was")
             elif unset_before:
                 count = same_length if same_length is not None else "N"
+                epochs = old_values.get("epochs")
                 where = "" if same_length is not None else (
-                    f", N the run's updates in its {old_values.get('epochs')} epochs (the 'step' of epoch "
-                    f"{old_values.get('epochs')} in {METRICS_FILE})")
+                    f", N the run's updates in its {epochs} epochs (the 'step' of epoch {epochs} in {METRICS_FILE})"
+                    if epochs is not None else f", N the run's updates (the 'step' of its last epoch in {METRICS_FILE})")
                 note = (f"beta rose over all the run's updates, so their number sets every beta already trained; "
                         f"--anneal-steps {count} keeps this run's schedule{where}")
             differences.append(Difference(section, name, old, value, note))

@@ -8,6 +8,7 @@ runs it. The FLOP counts, the run specs, the report and the JAX runner are check
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,7 +25,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_flop_counts_match_liang_multvae_by_hand():
-    config = MODELS["multvae"].config
+    config = MODELS["multvae-liang"].config
+    assert runners.model_config("multvae") == dataclasses.replace(config, name="multvae")  # what the suite times
     items, batch = 20_108, 500
     dense = flops.flops_breakdown(config, items, batch, training=True)
     # [I-600-200-600-I]: the first layer has no input gradient (2 matmuls), every other layer 3.
@@ -37,7 +39,7 @@ def test_flop_counts_match_liang_multvae_by_hand():
 
 
 def test_executed_flops_count_the_sparse_first_layer_by_interactions():
-    config = MODELS["multvae"].config
+    config = MODELS["multvae-liang"].config
     dense = flops.flops_breakdown(config, 20_108, 500, training=True)
     executed = flops.flops_breakdown(config, 20_108, 500, training=True, nnz_per_user=73.0)
     assert executed["first_layer"] == 2 * 2 * 73.0 * 600 * 500

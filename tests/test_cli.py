@@ -54,6 +54,28 @@ def test_early_stopping_defaults_and_a_given_none_overrides_them(capsys):
     assert train("--preset", "liang-multvae-ml20m")["early_stopping_updates"] is None
 
 
+def test_multvae_is_the_linear_decoder_with_epochs_scaled_to_the_data_and_liangs_network_keeps_a_name(
+        tmp_path, capsys):
+    alone = _printed_config(capsys)
+    named = _printed_config(capsys, "--model", "multvae")
+    assert alone["model"] == named["model"] and alone["train"] == named["train"]  # `hvae train` is `--model multvae`
+    assert (named["model"]["decoder_layers"], named["model"]["hidden"], named["model"]["latents"]) == (0, 600, [200])
+    assert named["train"]["epochs"] is None and named["train"]["early_stopping_updates"] == 1500
+    liang = _printed_config(capsys, "--model", "multvae-liang")
+    assert (liang["model"]["decoder_layers"], liang["model"]["hidden"], liang["train"]["epochs"]) == (1, 600, 100)
+    assert liang["train"]["early_stopping_updates"] == 1500
+    assert _printed_config(capsys, "--model", "multdae")["train"]["epochs"] is None
+    # A given number of epochs replaces the scaled budget; `auto` asks for it with any model.
+    assert _printed_config(capsys, "--epochs", "50")["train"]["epochs"] == 50
+    assert _printed_config(capsys, "--model", "multvae-liang", "--epochs", "auto")["train"]["epochs"] is None
+    config = tmp_path / "run.toml"
+    config.write_text('model = "multvae-liang"\nepochs = "auto"\n')
+    assert _printed_config(capsys, "--config", str(config))["train"]["epochs"] is None
+    with pytest.raises(SystemExit):
+        main(["train", "--print-config", "--epochs", "many"])
+    assert "argument --epochs: invalid number of epochs (or auto) value: 'many'" in capsys.readouterr().err
+
+
 def test_unknown_config_key_is_named(tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text("epochz = 3\n")
@@ -135,6 +157,7 @@ def test_train_evaluate_recommend_round_trip(tmp_path, capsys):
     for key in ("model", "dataset", "protocol", "n_users", "n_items", "valid", "test", "epochs", "train_seconds",
                 "train_users_per_second"):
         assert key in trained
+    assert trained["epochs_planned"] == 2 and trained["interrupted"] is False
     for metric in ("ndcg@100", "recall@20", "recall_all@20", "ndcg@100_se"):
         assert metric in trained["test"]
     _evaluate_again_then_recommend(workdir, trained, capsys)

@@ -310,6 +310,20 @@ def test_every_difference_is_named_at_once(tmp_path):
     assert len(refused.value.differences) == 3
 
 
+def test_a_run_with_epochs_scaled_to_the_data_resumes_as_auto_and_says_why_not_otherwise(tmp_path):
+    workdir = tmp_path / "run"
+    make_run(workdir, train__epochs=None)
+    with RunDir.open_for_training(workdir, **configuration(train__epochs=None)) as run:
+        assert run.resumed
+    with pytest.raises(RunDirError) as refused:
+        RunDir.open_for_training(workdir, **configuration(train__epochs=400))
+    differences = {(d.section, d.name): d for d in refused.value.differences}
+    assert (differences["train", "epochs"].old, differences["train", "epochs"].new) == (None, 400)
+    assert "scaled to the data (--epochs auto" in differences["train", "epochs"].note
+    assert differences["train", "total_anneal_steps"].old == "all updates of the epochs scaled to the data"
+    assert "None epochs" not in str(refused.value)
+
+
 def test_fewer_epochs_are_refused(tmp_path):
     workdir = tmp_path / "run"
     make_run(workdir, train__anneal_epochs=10)

@@ -253,6 +253,33 @@ def test_checkpoint_interval_by_updates():
     assert checkpoint_interval(3, 10) == 3  # given: kept as given
 
 
+def test_epochs_scaled_to_the_data():
+    from hvae_jax.configs import epochs_for
+
+    scaled = TrainConfig(epochs=None)
+    # Updates per epoch at batch 500: ml-latest-small, ml-1m, two shapes between, amazon-book's given split, ML-20M.
+    assert [epochs_for(scaled, steps) for steps in (1, 10, 34, 60, 100, 142, 233)] == [300, 300, 295, 167, 100,
+                                                                                           100, 100]
+    assert epochs_for(TrainConfig(epochs=7), steps_per_epoch=1) == 7
+    with pytest.raises(ValueError, match="epochs must be a whole number"):
+        TrainConfig(epochs=-1)
+
+
+def test_a_scaled_budget_is_resolved_once_and_trains_as_the_same_epochs_given(split, baseline, tmp_path, monkeypatch):
+    import hvae_jax.configs as configs
+
+    # 5 updates an epoch here: a rule of 12 updates gives ceil(12 / 5) = 3 epochs, the baseline's.
+    monkeypatch.setattr(configs, "AUTO_EPOCHS_UPDATES", 12)
+    monkeypatch.setattr(configs, "AUTO_EPOCHS_RANGE", (1, 10))
+    lines = []
+    scaled = fit(MODEL, dataclasses.replace(TRAIN, epochs=None), split, tmp_path, progress=False, log=lines.append)
+    assert scaled.epochs_planned == 3 and scaled.epochs_run == 3
+    assert any(line.startswith("epochs: 3, scaled to the data (5 updates an epoch") for line in lines)
+    # The KL anneal runs over the resolved epochs: every update as with `epochs=3`.
+    assert without_timings(scaled.history) == without_timings(baseline[0].history)
+    assert_trees_equal(scaled.final_params, baseline[0].final_params)
+
+
 def test_best_goes_to_disk_with_latest_and_a_resumed_run_keeps_it(split, tmp_path, monkeypatch):
     from hvae_jax.checkpoint import Checkpoints
 
