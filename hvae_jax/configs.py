@@ -362,7 +362,7 @@ class TrainConfig:
 
 
 # `TrainConfig.epochs = None` (`--epochs auto`, the default of `--model multvae` and `--model multdae`): an epoch
-# budget scaled to the data. On the four catalogues of benchmarks/catalogue_study.py the runs that few updates per
+# budget scaled to the data. On the four catalogues of benchmarks/catalogue_study.py the runs with few updates per
 # epoch (ml-1m: 10, Last.fm: 4, ml-latest-small: 1) were still improving at epoch 100 and peaked between 130 and 290
 # of 300, while amazon-book (142 an epoch) peaked by epoch 30 of 100 and gained nothing from a longer, slower
 # anneal. The rule gives each of them the budget that won there (README "Defaults across catalogue shapes").
