@@ -92,6 +92,8 @@ SETTINGS = {
     # Liang's per-update schedule over 3,000 updates: the cap of 0.2 after 600, as the default reaches it on ml-1m
     # (300 epochs of 10 updates) and about as soon as the 5-epoch warm-up does on amazon-book (710).
     "multvae-linear-decoder-anneal-3000": [*LINEAR_DECODER, "--anneal-steps", "3000"],
+    # The same anneal with the scaled epochs (on ml-1m the default's own schedule: 300 epochs of 10 updates).
+    "multvae-default-anneal-3000": ["--model", "multvae", "--anneal-steps", "3000"],
     "multvae-linear-decoder-lr5e-4": [*LINEAR_DECODER, "--lr", "5e-4"],
     # Mult-DAE at 100 epochs (`--model multdae` scales its epochs to the data since this study, like Mult-VAE).
     "multdae-default": ["--model", "multdae", "--epochs", "100"],
