@@ -132,6 +132,8 @@ TRAIN_FLAGS = (
     Flag("--beta-cap", "train", "beta_cap", float, "largest KL weight (0.2)"),
     Flag("--anneal-steps", "train", "total_anneal_steps", _optional_int,
          "Liang's schedule: beta = min(cap, update / N), rising towards 1 (default: all updates of the run)"),
+    Flag("--max-anneal-steps", "train", "max_anneal_steps", _optional_int,
+         "without --anneal-steps: N = all updates of the run, at most this many (--model multvae: 3000)"),
     Flag("--anneal-epochs", "train", "anneal_epochs", _optional_int,
          "warm-up: beta = cap * min(1, epoch / N), reaching its cap at epoch N (Kim & Suh: 100)"),
     Flag("--kl-weight-per-item", "train", "kl_weight_per_item", float,

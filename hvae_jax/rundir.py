@@ -102,7 +102,8 @@ CATALOGUE_LAYOUT_SETTINGS = frozenset({"ks", "logits_budget_mb"})
 
 # Settings added after runs were already written, with the value that behaves as those runs did: a stored config
 # without one resumes when the new run asks for that value (and is refused, by name, for any other).
-ADDED_SETTINGS: Mapping[tuple[str, str], Any] = {("train", "early_stopping_updates"): None}
+ADDED_SETTINGS: Mapping[tuple[str, str], Any] = {("train", "early_stopping_updates"): None,
+                                                  ("train", "max_anneal_steps"): None}
 _DIRECTORIES = (TENSORBOARD_DIR, CHECKPOINTS_DIR, PLOTS_DIR)
 WAYS_OUT = ("To keep that run, train in a new --workdir; to discard it, pass --overwrite, which deletes the run's "
             f"files there ({', '.join(sorted(n + '/' if n in _DIRECTORIES else n for n in OWNED if '.tmp' not in n))}"
@@ -362,6 +363,8 @@ def compare(stored: Mapping[str, Any], new: Mapping[str, Any], updates_per_epoch
                 old_values.get("epochs"))
             same_length = (old_values["epochs"] * updates_per_epoch
                            if unset_before and updates_per_epoch and isinstance(old_values["epochs"], int) else None)
+            if same_length is not None and isinstance(old_values.get("max_anneal_steps"), int):
+                same_length = min(same_length, old_values["max_anneal_steps"])
             if same_length is not None and _same(value, same_length):
                 continue
             if section == "settings" and name in CATALOGUE_LAYOUT_SETTINGS and _ABSENT in (old, value):

@@ -32,6 +32,13 @@ class Phase(NamedTuple):
     dropout: bool = True
 
 
+def anneal_over_the_run(train, steps_per_epoch: int) -> int:
+    """Liang's schedule with no length set: beta rises over all the run's updates, and over no more than
+    `train.max_anneal_steps` where that is set."""
+    steps = max(1, train.epochs * steps_per_epoch)
+    return steps if train.max_anneal_steps is None else min(steps, train.max_anneal_steps)
+
+
 class Schedule:
     """The protocol: phases, the phase of each epoch (counted from 1), when to take the snapshot, and beta."""
 
@@ -41,7 +48,7 @@ class Schedule:
         self.train = train
         self.n_levels = n_levels
         self.steps_per_epoch = steps_per_epoch
-        self.anneal_steps = train.total_anneal_steps or max(1, train.epochs * steps_per_epoch)
+        self.anneal_steps = train.total_anneal_steps or anneal_over_the_run(train, steps_per_epoch)
 
     def phase_of(self, epoch: int) -> Phase:
         del epoch

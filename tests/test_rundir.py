@@ -193,6 +193,17 @@ def test_more_epochs_with_the_anneal_over_all_updates_are_refused_with_the_way_t
     assert read_config(workdir)["train"]["total_anneal_steps"] == 300
 
 
+def test_more_epochs_of_a_bounded_anneal_are_advised_the_bound(tmp_path):
+    workdir = tmp_path / "run"
+    make_run(workdir, train__max_anneal_steps=200)
+    (workdir / rundir.METRICS_FILE).write_text("".join(
+        json.dumps({"epoch": epoch, "step": 10 * epoch, "loss": 2.5}) + "\n" for epoch in range(1, 31)))
+    with pytest.raises(RunDirError) as refused:
+        RunDir.open_for_training(workdir, **configuration(train__epochs=50, train__max_anneal_steps=200))
+    # 30 epochs of 10 updates, bounded by 200: beta rose over 200 updates.
+    assert "--anneal-steps 200 keeps this run's schedule" in str(refused.value)
+
+
 def test_the_anneal_over_all_updates_and_a_warm_up_of_as_many_epochs_are_different_runs(tmp_path):
     from hvae_jax.configs import TrainConfig
     from hvae_jax.schedules import build_schedule

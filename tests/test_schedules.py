@@ -109,6 +109,25 @@ def test_faithful_warm_up_reaches_exactly_max_beta_at_epoch_100():
     assert beta_at(100) == np.float32(0.3) and beta_at(101) == np.float32(0.3) and beta_at(400) == np.float32(0.3)
 
 
+@pytest.mark.parametrize("steps_per_epoch, anneal_steps", [(142, 3000), (10, 3000), (4, 1200), (1, 300)])
+def test_the_anneal_over_the_run_is_bounded_by_max_anneal_steps(steps_per_epoch, anneal_steps):
+    # 300 epochs of amazon-book's given split, ml-1m, Last.fm and ml-latest-small at batch 500.
+    train = TrainConfig(epochs=300, max_anneal_steps=3000)
+    schedule = build_schedule(train, n_levels=1, steps_per_epoch=steps_per_epoch)
+    assert schedule.anneal_steps == anneal_steps
+    beta = lambda step: float(schedule.beta(jnp.asarray(step, jnp.int32)))  # noqa: E731
+    assert beta(anneal_steps // 10) == pytest.approx(0.1, rel=1e-6)
+    assert beta(anneal_steps // 5) == np.float32(0.2) and beta(anneal_steps) == np.float32(0.2)
+    unbounded = build_schedule(TrainConfig(epochs=300), n_levels=1, steps_per_epoch=steps_per_epoch)
+    assert unbounded.anneal_steps == 300 * steps_per_epoch
+    # An explicit length is the length.
+    given = build_schedule(TrainConfig(epochs=300, total_anneal_steps=200_000, max_anneal_steps=3000), n_levels=1,
+                           steps_per_epoch=steps_per_epoch)
+    assert given.anneal_steps == 200_000
+    with pytest.raises(ValueError, match="max_anneal_steps must be positive"):
+        TrainConfig(max_anneal_steps=0)
+
+
 def test_grouped_adam_equals_one_adam_over_every_parameter():
     setup, _ = recvae_setup(schedule="joint")
     params = setup.init_state().params
