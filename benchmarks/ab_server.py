@@ -41,7 +41,8 @@ def build_train(spec: dict, train_matrix):
         from hvae_jax.configs import MODELS, TrainConfig
 
         train = TrainConfig(batch_size=spec["batch_size"], learning_rate=1e-3, total_anneal_steps=200_000)
-        setup = train_module.TrainSetup.build(MODELS.get("multvae-liang", MODELS["multvae"]).config, train, train_matrix)
+        liang = MODELS.get("multvae-liang", MODELS["multvae"])  # one name or the other, by version
+        setup = train_module.TrainSetup.build(liang.config, train, train_matrix)
         chunk = setup.update_chunk(setup.schedule.phases[0])
         state = setup.init_state()
         shuffle_key, train_key, path = setup.keys.shuffle, setup.keys.train, setup.path.name
@@ -103,7 +104,8 @@ def build_eval(spec: dict, train_matrix):
         from hvae_jax.configs import MODELS, TrainConfig
 
         train = TrainConfig(batch_size=spec["batch_size"], learning_rate=1e-3, total_anneal_steps=200_000)
-        setup = train_module.TrainSetup.build(MODELS.get("multvae-liang", MODELS["multvae"]).config, train, train_matrix)
+        liang = MODELS.get("multvae-liang", MODELS["multvae"])  # one name or the other, by version
+        setup = train_module.TrainSetup.build(liang.config, train, train_matrix)
         params, eval_step, path = setup.init_state().params, setup.path.eval_step(ks=(100,)), setup.path.name
     else:
         from hvae_jax.configs import ModelConfig, TrainConfig

@@ -48,7 +48,7 @@ LIANG = ["--model", "multvae-liang"]
 LINEAR_DECODER = ["--model", "multvae", "--epochs", "100"]
 SETTINGS = {
     # Today's `--model multvae`: the linear decoder, epochs scaled to the data (100 on amazon-book, 300 on the
-    # others: configs.epochs_for), the anneal over the run's updates but no more than 3,000 (amazon-book: 3,000 of
+    # others: train.epochs_for), the anneal over the run's updates but no more than 3,000 (amazon-book: 3,000 of
     # 14,200; the others: all of them).
     "multvae-default": ["--model", "multvae"],
     # The same before the anneal was bounded: on amazon-book it reaches the cap at epoch 20 of 100.

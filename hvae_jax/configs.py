@@ -248,8 +248,8 @@ class TrainConfig:
     """Optimisation and schedule.
 
     Attributes:
-      epochs: passes over the training users; None scales them to the data (`epochs_for`): enough epochs for
-        `AUTO_EPOCHS_UPDATES` updates, no fewer than 100 and no more than 300.
+      epochs: passes over the training users; None scales them to the data (`train.epochs_for`): enough epochs for
+        10,000 updates, no fewer than 100 and no more than 300.
       batch_size: users per update (500 in Liang et al.).
       learning_rate: the optimizer's step size.
       optimizer: "adam", or "adam_normgrad" (Kim & Suh, after Tomczak & Welling: each tensor's gradient divided by
@@ -263,7 +263,7 @@ class TrainConfig:
         many (`--model multvae`: 3,000, the cap of 0.2 after 600 updates; None: no bound).
       anneal_epochs: Kim & Suh's warm-up instead: beta = beta_cap * min(1, epoch / anneal_epochs), constant within
         an epoch, reaching the cap at epoch `anneal_epochs`. With neither set, Liang's schedule runs over all the
-        updates of the run (total_anneal_steps = epochs x updates per epoch).
+        updates of the run (total_anneal_steps = epochs x updates per epoch), at most `max_anneal_steps`.
       kl_weight_per_item: RecVAE's user-specific KL weight: beta_u = kl_weight_per_item * |x_u| (gamma, 0.005 in
         Shenbin et al.) replaces the annealed beta; 0 disables.
       beta_per_level: optional multiplier of beta for each latent level (bottom first).
@@ -364,24 +364,6 @@ class TrainConfig:
                              f"{self.early_stopping_updates}")
         if not isinstance(self.schedule, str) or not self.schedule:
             raise ValueError(f"schedule must be a registered name, got {self.schedule!r}")
-
-
-# `TrainConfig.epochs = None` (`--epochs auto`, the default of `--model multvae` and `--model multdae`): an epoch
-# budget scaled to the data. On the four catalogues of benchmarks/catalogue_study.py the runs with few updates per
-# epoch (ml-1m: 10, Last.fm: 4, ml-latest-small: 1) were still improving at epoch 100 and peaked between 130 and 290
-# of 300, while amazon-book (142 an epoch) peaked by epoch 30 of 100 and gained nothing from a longer, slower
-# anneal. The rule gives each of them the budget that won there (README "Defaults across catalogue shapes").
-AUTO_EPOCHS_UPDATES = 10_000
-AUTO_EPOCHS_RANGE = (100, 300)
-
-
-def epochs_for(train: "TrainConfig", steps_per_epoch: int) -> int:
-    """The run's epochs: `train.epochs`, or where that is None, the epochs holding `AUTO_EPOCHS_UPDATES` updates
-    of `steps_per_epoch`, clipped to `AUTO_EPOCHS_RANGE` (ML-20M at batch 500, 233 updates an epoch: 100)."""
-    if train.epochs is not None:
-        return train.epochs
-    low, high = AUTO_EPOCHS_RANGE
-    return min(high, max(low, -(-AUTO_EPOCHS_UPDATES // max(1, steps_per_epoch))))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -515,7 +515,7 @@ def _neural_results(settings: RunSettings, model_config, train_config: TrainConf
     results.update(_evaluate_both(fitted.path.eval_step(evaluation_ks(settings)), fitted.best_params, split, side))
     results.update(
         epochs=fitted.epochs_run,
-        # The epoch budget: --epochs, or the epochs scaled to the data where it was `auto` (configs.epochs_for).
+        # The epoch budget: --epochs, or the epochs scaled to the data where it was `auto` (train.epochs_for).
         epochs_planned=fitted.epochs_planned,
         # None when nothing was validated: the reported parameters are then the last epoch's.
         best_epoch=fitted.best_epoch,

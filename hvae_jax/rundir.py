@@ -387,7 +387,8 @@ def compare(stored: Mapping[str, Any], new: Mapping[str, Any], updates_per_epoch
                 epochs = old_values.get("epochs")
                 where = "" if same_length is not None else (
                     f", N the run's updates in its {epochs} epochs (the 'step' of epoch {epochs} in {METRICS_FILE})"
-                    if epochs is not None else f", N the run's updates (the 'step' of its last epoch in {METRICS_FILE})")
+                    if epochs is not None
+                    else f", N the run's updates (the 'step' of its last epoch in {METRICS_FILE})")
                 note = (f"beta rose over all the run's updates, so their number sets every beta already trained; "
                         f"--anneal-steps {count} keeps this run's schedule{where}")
             differences.append(Difference(section, name, old, value, note))

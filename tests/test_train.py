@@ -254,7 +254,7 @@ def test_checkpoint_interval_by_updates():
 
 
 def test_epochs_scaled_to_the_data():
-    from hvae_jax.configs import epochs_for
+    from hvae_jax.train import epochs_for
 
     scaled = TrainConfig(epochs=None)
     # Updates per epoch at batch 500: ml-latest-small, ml-1m, two shapes between, amazon-book's given split, ML-20M.
@@ -266,11 +266,9 @@ def test_epochs_scaled_to_the_data():
 
 
 def test_a_scaled_budget_is_resolved_once_and_trains_as_the_same_epochs_given(split, baseline, tmp_path, monkeypatch):
-    import hvae_jax.configs as configs
-
     # 5 updates an epoch here: a rule of 12 updates gives ceil(12 / 5) = 3 epochs, the baseline's.
-    monkeypatch.setattr(configs, "AUTO_EPOCHS_UPDATES", 12)
-    monkeypatch.setattr(configs, "AUTO_EPOCHS_RANGE", (1, 10))
+    monkeypatch.setattr(train_module, "AUTO_EPOCHS_UPDATES", 12)
+    monkeypatch.setattr(train_module, "AUTO_EPOCHS_RANGE", (1, 10))
     lines = []
     scaled = fit(MODEL, dataclasses.replace(TRAIN, epochs=None), split, tmp_path, progress=False, log=lines.append)
     assert scaled.epochs_planned == 3 and scaled.epochs_run == 3
