@@ -129,7 +129,10 @@ TRAIN_FLAGS = (
     Flag("--weight-decay", "train", "weight_decay", float, "L2 weight lam * ||W||^2"),
     Flag("--average-decay", "train", "average_decay", float,
          "validate and report an exponential moving average of the parameters with this decay (0: off)"),
-    Flag("--beta-cap", "train", "beta_cap", float, "largest KL weight (0.2)"),
+    Flag("--average-updates", "train", "average_updates", _optional_int,
+         "without --average-decay: average over N updates, at most a 20th of the run's (--model multvae: 500; "
+         "none: off)"),
+    Flag("--beta-cap", "train", "beta_cap", float, "largest KL weight (0.2; --model multvae: 0.4)"),
     Flag("--anneal-steps", "train", "total_anneal_steps", _optional_int,
          "Liang's schedule: beta = min(cap, update / N), rising towards 1 (default: all updates of the run)"),
     Flag("--max-anneal-steps", "train", "max_anneal_steps", _optional_int,

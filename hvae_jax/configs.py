@@ -285,7 +285,11 @@ class TrainConfig:
       steps_per_dispatch: updates fused into one jitted lax.scan call.
       seed: the run's seed; params, shuffling and noise all derive from it.
       average_decay: validate, keep and report a debiased exponential moving average of the parameters (avg <- d
-        avg + (1 - d) params after every update); 0 disables.
+        avg + (1 - d) params after every update); 0 disables. A number given here replaces `average_updates`.
+      average_updates: where `average_decay` is 0, the average's horizon in updates, scaled to the run:
+        d = 1 - 1 / min(average_updates, the run's updates / 20) (`train.average_decay_for`; `--model multvae`:
+        500, so d = 0.998 on amazon-book, 1 - 1/150 on ml-1m, 1 - 1/45 on Last.fm, 1 - 1/15 on ml-latest-small);
+        None: no average.
       input_path: "dense" multiplies the dense [batch, n_items] input by the first layer; "sparse" gathers and sums
         the kernel rows of each user's items (same maths, far fewer FLOPs on large catalogues; the dropout mask is
         drawn per interaction instead of per item of the catalogue, so the random stream differs); "auto" picks
@@ -315,6 +319,7 @@ class TrainConfig:
     steps_per_dispatch: int = 64
     seed: int = 98765
     average_decay: float = 0.0
+    average_updates: int | None = None
     input_path: Literal["auto", "dense", "sparse"] = "auto"
 
     def __post_init__(self):
@@ -352,6 +357,8 @@ class TrainConfig:
             raise ValueError(f"input_path must be 'auto', 'dense' or 'sparse', got {self.input_path!r}")
         if not 0.0 <= finite("average_decay") < 1.0:
             raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
+        if self.average_updates is not None and self.average_updates <= 0:
+            raise ValueError(f"average_updates must be positive or None, got {self.average_updates}")
         if (self.steps_per_dispatch <= 0 or self.eval_every <= 0
                 or (self.checkpoint_every is not None and self.checkpoint_every <= 0)):
             raise ValueError("steps_per_dispatch, eval_every and checkpoint_every must be positive")
@@ -425,18 +432,22 @@ LIANG_MULTVAE = VAEConfig(name="multvae-liang")
 # it raised test Recall@20 and NDCG@20 on all four catalogues of benchmarks/catalogue_study.py (README "Defaults
 # across catalogue shapes").
 MULTVAE = VAEConfig(name="multvae", decoder_layers=0)
-# Its KL weight reaches the cap of 0.2 within 600 updates at the latest (Liang's schedule over all the run's updates,
+# Its KL weight reaches its cap within 600 updates at the latest (Liang's schedule over all the run's updates,
 # at most 3,000): on amazon-book, where a run is 14,200 updates and every run with the slower anneal peaked at epoch
 # 16 with beta still at 0.16, the faster pull towards the prior raised validation NDCG@100; on ml-1m (3,000 updates
 # in 300 epochs) and the small sets (fewer) the bound changes nothing.
-MULTVAE_TRAIN = (*SCALED_TRAIN, ("max_anneal_steps", 3000))
+# A cap of 0.4 and a running average of the parameters over 500 updates (at most a 20th of the run's) then closed
+# most of amazon-book's gap to Mult-DAE (test Recall@20 -3.7% -> -1.8%) and kept the other three sets within 2% of
+# their best settings.
+MULTVAE_TRAIN = (*SCALED_TRAIN, ("max_anneal_steps", 3000), ("beta_cap", 0.4), ("average_updates", 500))
 
 MODELS: dict[str, NamedModel] = {
     model.name: model
     for model in (
         NamedModel("multvae", MULTVAE, MULTVAE_TRAIN,
                    "Mult-VAE (Liang et al., WWW 2018) with a linear decoder [I-600-200-I], epochs scaled to the data, "
-                   "the KL cap reached within 600 updates (chosen on four catalogues, see README)"),
+                   "KL cap 0.4 reached within 1,200 updates, parameters averaged over 500 updates (chosen on four "
+                   "catalogues, see README)"),
         NamedModel("multvae-liang", LIANG_MULTVAE, LIANG_STOPPING,
                    "Mult-VAE [I-600-200-600-I] exactly as Liang et al., 100 epochs"),
         NamedModel("multdae", DAEConfig(name="multdae"), SCALED_TRAIN,

@@ -103,7 +103,8 @@ CATALOGUE_LAYOUT_SETTINGS = frozenset({"ks", "logits_budget_mb"})
 # Settings added after runs were already written, with the value that behaves as those runs did: a stored config
 # without one resumes when the new run asks for that value (and is refused, by name, for any other).
 ADDED_SETTINGS: Mapping[tuple[str, str], Any] = {("train", "early_stopping_updates"): None,
-                                                  ("train", "max_anneal_steps"): None}
+                                                  ("train", "max_anneal_steps"): None,
+                                                  ("train", "average_updates"): None}
 _DIRECTORIES = (TENSORBOARD_DIR, CHECKPOINTS_DIR, PLOTS_DIR)
 WAYS_OUT = ("To keep that run, train in a new --workdir; to discard it, pass --overwrite, which deletes the run's "
             f"files there ({', '.join(sorted(n + '/' if n in _DIRECTORIES else n for n in OWNED if '.tmp' not in n))}"

@@ -126,6 +126,7 @@ class TrainSetup:
         steps_per_epoch = math.ceil(n_train / batch_size)
         # An epoch budget scaled to the data is resolved here, once: everything below reads `setup.train.epochs`.
         train = dataclasses.replace(train, epochs=epochs_for(train, steps_per_epoch))
+        train = dataclasses.replace(train, average_decay=average_decay_for(train, steps_per_epoch))
         path = input_paths.resolve(model_config, train, train_matrix, batch_size=batch_size, mesh=mesh,
                                    catalogue_mesh=catalogue_mesh, logits_budget_bytes=logits_budget_bytes, ks=ks)
         schedule = build_schedule(train, n_levels=model_config.n_levels, steps_per_epoch=steps_per_epoch)
@@ -254,6 +255,20 @@ def epochs_for(train: TrainConfig, steps_per_epoch: int) -> int:
     return min(high, max(low, epochs_covering(AUTO_EPOCHS_UPDATES, steps_per_epoch)))
 
 
+AVERAGE_RUN_FRACTION = 20  # `average_updates` spans at most this fraction (1 / N) of the run's updates
+
+
+def average_decay_for(train: TrainConfig, steps_per_epoch: int) -> float:
+    """The running average's decay: `train.average_decay` where given, else from `train.average_updates`, a horizon
+    of h = min(average_updates, epochs x steps_per_epoch / AVERAGE_RUN_FRACTION) updates: d = 1 - 1 / h (0, no
+    average, where h < 2), so that a short run averages over its own last stretch rather than its whole length.
+    `train.epochs` must be resolved (`epochs_for`)."""
+    if train.average_decay or train.average_updates is None:
+        return train.average_decay
+    horizon = min(train.average_updates, train.epochs * steps_per_epoch // AVERAGE_RUN_FRACTION)
+    return 1.0 - 1.0 / horizon if horizon >= 2 else 0.0
+
+
 def checkpoint_interval(checkpoint_every: int | None, steps_per_epoch: int) -> int:
     """Epochs between two `latest` checkpoints: `checkpoint_every`, or by `CHECKPOINT_UPDATES` when None."""
     if checkpoint_every is not None:
@@ -359,6 +374,11 @@ def fit(
     if train.epochs is None:
         log(f"epochs: {setup.train.epochs}, scaled to the data ({setup.steps_per_epoch} updates an epoch; "
             f"train.epochs_for; --epochs N sets them)")
+    if not train.average_decay and train.average_updates is not None:
+        log(f"parameter average: decay {setup.train.average_decay:.4g} (a horizon of "
+            f"min({train.average_updates}, {setup.train.epochs * setup.steps_per_epoch} updates / "
+            f"{AVERAGE_RUN_FRACTION}); train.average_decay_for; --average-decay D sets it, --average-updates none "
+            f"turns it off)")
     side = side_features or {}
     matrix, train_side = _training_data(split, side, mesh)
     checkpoints = Checkpoints(run_paths)

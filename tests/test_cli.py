@@ -62,6 +62,8 @@ def test_multvae_is_the_linear_decoder_with_epochs_scaled_to_the_data_and_liangs
     assert (named["model"]["decoder_layers"], named["model"]["hidden"], named["model"]["latents"]) == (0, 600, [200])
     assert named["train"]["epochs"] is None and named["train"]["early_stopping_updates"] == 1500
     assert named["train"]["max_anneal_steps"] == 3000 and named["train"]["total_anneal_steps"] is None
+    assert named["train"]["beta_cap"] == 0.4 and named["train"]["average_updates"] == 500
+    assert _printed_config(capsys, "--average-updates", "none")["train"]["average_updates"] is None
     liang = _printed_config(capsys, "--model", "multvae-liang")
     assert (liang["model"]["decoder_layers"], liang["model"]["hidden"], liang["train"]["epochs"]) == (1, 600, 100)
     assert liang["train"]["max_anneal_steps"] is None
