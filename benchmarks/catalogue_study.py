@@ -44,15 +44,32 @@ DATASETS = {
 # and the scaled epochs its default (records made before then ran `--model multvae`; they keep that command as
 # `command_as_run`).
 LIANG = ["--model", "multvae-liang"]
+# `--model multvae` without the parameter average and, with the cap of 0.2 as well, the default before the last
+# change (`multvae-cap-0.2`): the settings named `multvae-default-<x>` and `multvae-linear-decoder-<x>` add <x> to
+# it, as they ran then.
+NO_AVERAGE = ["--model", "multvae", "--average-updates", "none"]
+CAP_02 = [*NO_AVERAGE, "--beta-cap", "0.2"]
 # The linear decoder ([I-600-200-I], RecVAE's) at the 100 epochs its first runs had.
-LINEAR_DECODER = ["--model", "multvae", "--epochs", "100"]
+# Its runs came before the anneal was bounded, so they spell the unbounded anneal out.
+
+
+def linear_decoder(*flags: str, cap: str = "0.2") -> list[str]:
+    return [*NO_AVERAGE, "--beta-cap", cap, "--max-anneal-steps", "none", "--epochs", "100", *flags]
+
+
+LINEAR_DECODER = linear_decoder()
 SETTINGS = {
     # Today's `--model multvae`: the linear decoder, epochs scaled to the data (100 on amazon-book, 300 on the
     # others: train.epochs_for), the anneal over the run's updates but no more than 3,000 (amazon-book: 3,000 of
-    # 14,200; the others: all of them).
+    # 14,200; the others: all of them), a KL cap of 0.4, and the parameters averaged over 500 updates, at most a 20th
+    # of the run's (train.average_decay_for: decay 0.998 on amazon-book, 1 - 1/150 on ml-1m, 1 - 1/45 on Last.fm,
+    # 1 - 1/15 on ml-latest-small).
     "multvae-default": ["--model", "multvae"],
+    # The default before the cap of 0.4 and the average (records made then ran `--model multvae` and keep that
+    # command as `command_as_run`).
+    "multvae-cap-0.2": CAP_02,
     # The same before the anneal was bounded: on amazon-book it reaches the cap at epoch 20 of 100.
-    "multvae-scaled-epochs": ["--model", "multvae", "--max-anneal-steps", "none"],
+    "multvae-scaled-epochs": [*CAP_02, "--max-anneal-steps", "none"],
     "multvae-liang": LIANG,
     # Liang et al.'s schedule as their code runs it: beta rises by 1 / 200,000 per update, so on these data sets
     # (10 and 142 updates an epoch) it stays far below the cap of 0.2; the default reaches the cap after
@@ -77,9 +94,9 @@ SETTINGS = {
     # The pull towards the prior with the linear decoder: other caps, and RecVAE's KL weight per user
     # (beta_u = 0.005 |x_u|, constant from the first update): about 0.05 for amazon-book's mean user (9.2 items in
     # train.txt), 0.8 for ml-1m's (166).
-    "multvae-linear-decoder-beta-0.1": [*LINEAR_DECODER, "--beta-cap", "0.1"],
-    "multvae-linear-decoder-beta-0.05": [*LINEAR_DECODER, "--beta-cap", "0.05"],
-    "multvae-linear-decoder-beta-0.4": [*LINEAR_DECODER, "--beta-cap", "0.4"],
+    "multvae-linear-decoder-beta-0.1": linear_decoder(cap="0.1"),
+    "multvae-linear-decoder-beta-0.05": linear_decoder(cap="0.05"),
+    "multvae-linear-decoder-beta-0.4": linear_decoder(cap="0.4"),
     "multvae-linear-decoder-kl-per-item": [*LINEAR_DECODER, "--kl-weight-per-item", "0.005"],
     # Input dropout {0, 0.2} beside the default 0.5 (the issue's grid): amazon-book's users hold 9 training items,
     # so half of them dropped leaves about 4 to encode, and the sampled z is noise of its own.
@@ -91,33 +108,33 @@ SETTINGS = {
     # A stronger pull sooner: on amazon-book every linear run peaked at epoch 16 with beta still rising (0.16), and
     # lower caps did worse; Kim & Suh's warm-up reaches the cap at epoch N and stays there.
     "multvae-linear-decoder-warmup-5": [*LINEAR_DECODER, "--anneal-epochs", "5"],
-    "multvae-linear-decoder-beta-0.4-warmup-10": [*LINEAR_DECODER, "--beta-cap", "0.4", "--anneal-epochs", "10"],
+    "multvae-linear-decoder-beta-0.4-warmup-10": linear_decoder("--anneal-epochs", "10", cap="0.4"),
     # Liang's per-update schedule over 3,000 updates: the cap of 0.2 after 600, as the default reaches it on ml-1m
     # (300 epochs of 10 updates) and about as soon as the 5-epoch warm-up does on amazon-book (710).
     "multvae-linear-decoder-anneal-3000": [*LINEAR_DECODER, "--anneal-steps", "3000"],
     # The same anneal with the scaled epochs (on ml-1m the default's own schedule: 300 epochs of 10 updates).
-    "multvae-default-anneal-3000": ["--model", "multvae", "--anneal-steps", "3000"],
+    "multvae-default-anneal-3000": [*CAP_02, "--anneal-steps", "3000"],
     "multvae-linear-decoder-lr5e-4": [*LINEAR_DECODER, "--lr", "5e-4"],
     # After the bound: on amazon-book every cap reached sooner did better (the unbounded anneal at epoch 16: 0.05,
     # 0.1 then 0.16 gave 0.1558, 0.1599, 0.1612; the bound, 0.2 from update 600: 0.1651), so caps above 0.2 reached
     # as fast; and Mult-DAE's smaller network and L2 (Mult-DAE led amazon-book at 0.1706) under the same anneal.
-    "multvae-default-beta-0.3": ["--model", "multvae", "--beta-cap", "0.3"],
-    "multvae-default-beta-0.4": ["--model", "multvae", "--beta-cap", "0.4"],
-    "multvae-default-narrow-wd-2e-5": ["--model", "multvae", "--hidden", "200", "--weight-decay", "2e-5"],
-    "multvae-default-lr5e-4": ["--model", "multvae", "--lr", "5e-4"],
+    "multvae-default-beta-0.3": [*NO_AVERAGE, "--beta-cap", "0.3"],
+    "multvae-default-beta-0.4": [*NO_AVERAGE, "--beta-cap", "0.4"],
+    "multvae-default-narrow-wd-2e-5": [*CAP_02, "--hidden", "200", "--weight-decay", "2e-5"],
+    "multvae-default-lr5e-4": [*CAP_02, "--lr", "5e-4"],
     # The cap of 0.4 (amazon-book's best Mult-VAE so far) with a running average of the parameters, or with
     # Mult-DAE's L2 weight: what else separates it from Mult-DAE there.
-    "multvae-default-beta-0.4-avg": ["--model", "multvae", "--beta-cap", "0.4", "--average-decay", "0.998"],
-    "multvae-default-beta-0.4-wd-2e-5": ["--model", "multvae", "--beta-cap", "0.4", "--weight-decay", "2e-5"],
+    "multvae-default-beta-0.4-avg": [*NO_AVERAGE, "--beta-cap", "0.4", "--average-decay", "0.998"],
+    "multvae-default-beta-0.4-wd-2e-5": [*NO_AVERAGE, "--beta-cap", "0.4", "--weight-decay", "2e-5"],
     # Mult-DAE at 100 epochs (`--model multdae` scales its epochs to the data since this study, like Mult-VAE).
     "multdae-default": ["--model", "multdae", "--epochs", "100"],
     # Longer budgets (the curves to 300 epochs): early stopping still applies; the default anneal then reaches its
     # cap at epoch 60 rather than 20, since it rises over all the run's updates.
     "multvae-300-epochs": [*LIANG, "--epochs", "300"],
     "multdae-300-epochs": ["--model", "multdae", "--epochs", "300"],
-    "multvae-linear-decoder-300-epochs": ["--model", "multvae", "--epochs", "300"],
-    "multvae-linear-decoder-beta-0.1-300-epochs": ["--model", "multvae", "--beta-cap", "0.1", "--epochs", "300"],
-    "multvae-linear-decoder-lr3e-3-avg-300-epochs": ["--model", "multvae", "--lr", "3e-3",
+    "multvae-linear-decoder-300-epochs": [*CAP_02, "--epochs", "300"],
+    "multvae-linear-decoder-beta-0.1-300-epochs": [*NO_AVERAGE, "--beta-cap", "0.1", "--epochs", "300"],
+    "multvae-linear-decoder-lr3e-3-avg-300-epochs": [*CAP_02, "--lr", "3e-3",
                                                      "--average-decay", "0.998", "--epochs", "300"],
     "ease": ["--model", "ease", "--ease-lambdas", "200,500,1000"],
 }
