@@ -61,9 +61,9 @@ LINEAR_DECODER = linear_decoder()
 SETTINGS = {
     # Today's `--model multvae`: the linear decoder, epochs scaled to the data (100 on amazon-book, 300 on the
     # others: train.epochs_for), the anneal over the run's updates but no more than 3,000 (amazon-book: 3,000 of
-    # 14,200; the others: all of them), a KL cap of 0.4, and the parameters averaged over 500 updates, at most a 20th
-    # of the run's (train.average_decay_for: decay 0.998 on amazon-book, 1 - 1/150 on ml-1m, 1 - 1/45 on Last.fm,
-    # 1 - 1/15 on ml-latest-small).
+    # 14,200; the others: all of them), a KL cap of 0.4, and the parameters averaged over 500 updates, at most 4
+    # epochs (train.average_decay_for: decay 0.998 on amazon-book, 1 - 1/40 on ml-1m, 1 - 1/12 on Last.fm, 0.75 on
+    # ml-latest-small).
     "multvae-default": ["--model", "multvae"],
     # The default before the cap of 0.4 and the average (records made then ran `--model multvae` and keep that
     # command as `command_as_run`).

@@ -130,7 +130,7 @@ TRAIN_FLAGS = (
     Flag("--average-decay", "train", "average_decay", float,
          "validate and report an exponential moving average of the parameters with this decay (0: off)"),
     Flag("--average-updates", "train", "average_updates", _optional_int,
-         "without --average-decay: average over N updates, at most a 20th of the run's (--model multvae: 500; "
+         "without --average-decay: average over N updates, at most 4 epochs (--model multvae: 500; "
          "none: off)"),
     Flag("--beta-cap", "train", "beta_cap", float, "largest KL weight (0.2; --model multvae: 0.4)"),
     Flag("--anneal-steps", "train", "total_anneal_steps", _optional_int,

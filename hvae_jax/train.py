@@ -255,17 +255,17 @@ def epochs_for(train: TrainConfig, steps_per_epoch: int) -> int:
     return min(high, max(low, epochs_covering(AUTO_EPOCHS_UPDATES, steps_per_epoch)))
 
 
-AVERAGE_RUN_FRACTION = 20  # `average_updates` spans at most this fraction (1 / N) of the run's updates
+AVERAGE_EPOCHS = 4  # `average_updates` spans at most this many epochs
 
 
 def average_decay_for(train: TrainConfig, steps_per_epoch: int) -> float:
     """The running average's decay: `train.average_decay` where given, else from `train.average_updates`, a horizon
-    of h = min(average_updates, epochs x steps_per_epoch / AVERAGE_RUN_FRACTION) updates: d = 1 - 1 / h (0, no
-    average, where h < 2), so that a short run averages over its own last stretch rather than its whole length.
-    `train.epochs` must be resolved (`epochs_for`)."""
+    of h = min(average_updates, AVERAGE_EPOCHS x steps_per_epoch) updates: d = 1 - 1 / h (0, no average, where
+    h < 2). On small data a run is still improving when it ends, and an average over a long stretch of it trails;
+    bounded by epochs, the average smooths only the last few."""
     if train.average_decay or train.average_updates is None:
         return train.average_decay
-    horizon = min(train.average_updates, train.epochs * steps_per_epoch // AVERAGE_RUN_FRACTION)
+    horizon = min(train.average_updates, AVERAGE_EPOCHS * steps_per_epoch)
     return 1.0 - 1.0 / horizon if horizon >= 2 else 0.0
 
 
@@ -375,10 +375,9 @@ def fit(
         log(f"epochs: {setup.train.epochs}, scaled to the data ({setup.steps_per_epoch} updates an epoch; "
             f"train.epochs_for; --epochs N sets them)")
     if not train.average_decay and train.average_updates is not None:
-        log(f"parameter average: decay {setup.train.average_decay:.4g} (a horizon of "
-            f"min({train.average_updates}, {setup.train.epochs * setup.steps_per_epoch} updates / "
-            f"{AVERAGE_RUN_FRACTION}); train.average_decay_for; --average-decay D sets it, --average-updates none "
-            f"turns it off)")
+        log(f"parameter average: decay {setup.train.average_decay:.4g} (a horizon of min({train.average_updates}, "
+            f"{AVERAGE_EPOCHS} epochs of {setup.steps_per_epoch}) updates; train.average_decay_for; --average-decay D "
+            f"sets it, --average-updates none turns it off)")
     side = side_features or {}
     matrix, train_side = _training_data(split, side, mesh)
     checkpoints = Checkpoints(run_paths)

@@ -278,16 +278,15 @@ def test_a_scaled_budget_is_resolved_once_and_trains_as_the_same_epochs_given(sp
     assert_trees_equal(scaled.final_params, baseline[0].final_params)
 
 
-def test_the_average_horizon_is_scaled_to_the_run():
+def test_the_average_horizon_is_bounded_by_epochs():
     from hvae_jax.train import average_decay_for
 
-    horizon = TrainConfig(epochs=None, average_updates=500)
-    # (epochs, updates an epoch): amazon-book's given split (14,200 updates: a horizon of 500), ml-1m (3,000: 150),
-    # Last.fm (900: 45), ml-latest-small (300: 15), and a run too short to average (39 updates: none).
-    shapes = [(100, 142), (300, 10), (300, 3), (300, 1), (39, 1)]
-    decays = [average_decay_for(dataclasses.replace(horizon, epochs=e), steps) for e, steps in shapes]
-    assert decays == [1 - 1 / 500, 1 - 1 / 150, 1 - 1 / 45, 1 - 1 / 15, 0.0]
-    assert decays[0] == 0.998
+    horizon = TrainConfig(average_updates=500)
+    # Updates an epoch: amazon-book's given split (a horizon of 500), ml-1m (4 epochs: 40), Last.fm (12),
+    # ml-latest-small (4); a horizon under 2 updates is no average.
+    decays = [average_decay_for(horizon, steps) for steps in (142, 10, 3, 1)]
+    assert decays == [0.998, 1 - 1 / 40, 1 - 1 / 12, 0.75]
+    assert average_decay_for(dataclasses.replace(horizon, average_updates=1), 142) == 0.0
     # A decay given replaces the horizon; without either there is no average.
     assert average_decay_for(TrainConfig(epochs=100, average_decay=0.9, average_updates=500), 142) == 0.9
     assert average_decay_for(TrainConfig(epochs=100), 142) == 0.0
@@ -296,15 +295,13 @@ def test_the_average_horizon_is_scaled_to_the_run():
 
 
 def test_an_average_horizon_trains_as_the_decay_it_resolves_to(split, tmp_path):
-    # 5 updates an epoch, 3 epochs: a horizon of min(100, 15 // 20) = 0 updates, no average; with 8 epochs
-    # min(100, 40 // 20) = 2 updates, a decay of 0.5.
+    # 5 updates an epoch: a horizon of min(100, 4 x 5) = 20 updates, a decay of 0.95.
     lines = []
-    longer = dataclasses.replace(TRAIN, epochs=8)
-    horizon = fit(MODEL, dataclasses.replace(longer, average_updates=100), split, tmp_path / "horizon",
+    horizon = fit(MODEL, dataclasses.replace(TRAIN, average_updates=100), split, tmp_path / "horizon",
                   progress=False, log=lines.append)
-    decay = fit(MODEL, dataclasses.replace(longer, average_decay=0.5), split, tmp_path / "decay", progress=False,
+    decay = fit(MODEL, dataclasses.replace(TRAIN, average_decay=0.95), split, tmp_path / "decay", progress=False,
                 log=lambda _: None)
-    assert any(line.startswith("parameter average: decay 0.5 (a horizon of min(100, 40 updates / 20)")
+    assert any(line.startswith("parameter average: decay 0.95 (a horizon of min(100, 4 epochs of 5) updates")
                for line in lines)
     assert without_timings(horizon.history) == without_timings(decay.history)
     assert_trees_equal(horizon.best_params, decay.best_params)
