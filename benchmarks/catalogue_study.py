@@ -49,11 +49,11 @@ LIANG = ["--model", "multvae-liang"]
 # it, as they ran then.
 NO_AVERAGE = ["--model", "multvae", "--average-updates", "none"]
 CAP_02 = [*NO_AVERAGE, "--beta-cap", "0.2"]
-# The linear decoder ([I-600-200-I], RecVAE's) at the 100 epochs its first runs had.
-# Its runs came before the anneal was bounded, so they spell the unbounded anneal out.
 
 
 def linear_decoder(*flags: str, cap: str = "0.2") -> list[str]:
+    """The linear decoder ([I-600-200-I], RecVAE's) at the 100 epochs its first runs had, with `flags`; its runs came
+    before the anneal was bounded, so they spell the unbounded anneal out."""
     return [*NO_AVERAGE, "--beta-cap", cap, "--max-anneal-steps", "none", "--epochs", "100", *flags]
 
 

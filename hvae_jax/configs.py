@@ -286,7 +286,7 @@ class TrainConfig:
       seed: the run's seed; params, shuffling and noise all derive from it.
       average_decay: validate, keep and report a debiased exponential moving average of the parameters (avg <- d
         avg + (1 - d) params after every update); 0 disables. A number given here replaces `average_updates`.
-      average_updates: where `average_decay` is 0, the average's horizon in updates, scaled to the run:
+      average_updates: where `average_decay` is 0, the average's horizon in updates, bounded by epochs:
         d = 1 - 1 / min(average_updates, 4 epochs' updates) (`train.average_decay_for`; `--model multvae`: 500,
         so d = 0.998 on amazon-book, 1 - 1/40 on ml-1m, 1 - 1/12 on Last.fm, 0.75 on ml-latest-small); None: no
         average.

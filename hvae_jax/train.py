@@ -124,9 +124,10 @@ class TrainSetup:
         if mesh is not None:
             parallel.check_batch_size(batch_size, mesh)
         steps_per_epoch = math.ceil(n_train / batch_size)
-        # An epoch budget scaled to the data is resolved here, once: everything below reads `setup.train.epochs`.
-        train = dataclasses.replace(train, epochs=epochs_for(train, steps_per_epoch))
-        train = dataclasses.replace(train, average_decay=average_decay_for(train, steps_per_epoch))
+        # The epoch budget and the average's decay scaled to the data are resolved here, once: everything below
+        # reads `setup.train.epochs` and `setup.train.average_decay`.
+        train = dataclasses.replace(train, epochs=epochs_for(train, steps_per_epoch),
+                                    average_decay=average_decay_for(train, steps_per_epoch))
         path = input_paths.resolve(model_config, train, train_matrix, batch_size=batch_size, mesh=mesh,
                                    catalogue_mesh=catalogue_mesh, logits_budget_bytes=logits_budget_bytes, ks=ks)
         schedule = build_schedule(train, n_levels=model_config.n_levels, steps_per_epoch=steps_per_epoch)
