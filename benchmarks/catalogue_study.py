@@ -183,6 +183,10 @@ def cmd_run(args) -> None:
             print(f"{dataset} {setting}: hvae {shlex.join(argv)}", flush=True)
             start = time.perf_counter()
             status = cli.main(argv)
+            if status in (130, 143):  # stopped by Ctrl-C or SIGTERM after a checkpointed epoch
+                raise SystemExit(f"{dataset} {setting}: stopped; `hvae evaluate --workdir {workdir}` gives the results "
+                                 f"so far, then `python -m benchmarks.catalogue_study record --dataset {dataset} "
+                                 f"--setting {setting} --workdir {workdir} --note ...` keeps them")
             if status:
                 raise SystemExit(f"{dataset} {setting}: hvae train exited with {status}")
             record = write_record(dataset, setting, workdir, args.note, time.perf_counter() - start)

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import pathlib
 import re
+import signal
 import sys
 import tomllib
 from typing import Any, Callable
@@ -519,12 +520,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if args.debug:
             raise
-        print("interrupted: the latest checkpoint is kept; run the same command again to resume, or `hvae evaluate` "
-              "for the results so far", file=sys.stderr)
-        return 130
+        signum = getattr(interrupt, "signum", signal.SIGINT)  # train.Interrupted names SIGTERM; Ctrl-C otherwise
+        print(f"{'terminated' if signum == signal.SIGTERM else 'interrupted'}: the latest checkpoint is kept; run the "
+              "same command again to resume, or `hvae evaluate` for the results so far", file=sys.stderr)
+        return 128 + signum
     except _anticipated() as error:
         if args.debug:
             raise

@@ -458,30 +458,53 @@ class _Clock:
         return n_train * self.epochs / self.compile_seconds if self.compile_seconds > 0 else 0.0
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal after finishing and checkpointing an epoch; `signum` names the signal, so the
+    command can exit with 128 + its number as shells expect (130 for Ctrl-C, 143 for `kill`)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
 class _InterruptAfterEpoch:
-    """The first Ctrl-C lets the epoch under way finish, its hooks run and the `latest` checkpoint be written, then
-    raises KeyboardInterrupt; a second one interrupts at once. So the default checkpoint interval (every 200
-    updates or more) loses no finished epoch to a Ctrl-C. Installed only in the main thread of a one-process run
-    whose SIGINT handler is Python's default (in a multi-host run one process stopping alone would stall the others)."""
+    """The first Ctrl-C (SIGINT) or `kill` (SIGTERM, what schedulers send before they stop a job) lets the epoch
+    under way finish, its hooks run and the `latest` checkpoint be written, then raises `Interrupted`; a second one
+    acts at once (Ctrl-C raises KeyboardInterrupt, SIGTERM ends the process). So the default checkpoint interval
+    (every 200 updates or more) loses no finished epoch to either. Installed only in the main thread of a
+    one-process run (in a multi-host run one process stopping alone would stall the others), and for each signal
+    only where its handler is Python's default: a shell starts background jobs with SIGINT ignored, and that stays
+    so; `kill` still stops them cleanly."""
+
+    DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    AGAIN = {signal.SIGINT: "Ctrl-C again to stop at once", signal.SIGTERM: "a second SIGTERM ends the process"}
 
     def __init__(self, log: Callable[[str], None]):
-        self.log, self.requested, self._previous = log, False, None
+        self.log, self.signum, self._previous = log, None, {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self) -> _InterruptAfterEpoch:
-        if (threading.current_thread() is threading.main_thread() and jax.process_count() == 1
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._request)
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+            for signum, default in self.DEFAULTS.items():
+                if signal.getsignal(signum) == default:
+                    self._previous[signum] = signal.signal(signum, self._request)
         return self
 
     def _request(self, signum, frame) -> None:
-        del signum, frame
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C stops at once
-        self.log("interrupt: finishing this epoch and writing its checkpoint (Ctrl-C again to stop at once)")
+        del frame
+        if self.signum is None:
+            self.signum = signum
+        signal.signal(signum, self._previous[signum])  # the same signal again acts at once
+        self.log(f"{signal.Signals(signum).name}: finishing this epoch and writing its checkpoint "
+                 f"({self.AGAIN[signum]})")
 
     def __exit__(self, *exc_info) -> None:
-        if self._previous is not None and signal.getsignal(signal.SIGINT) == self._request:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            if signal.getsignal(signum) == self._request:
+                signal.signal(signum, previous)
 
 
 def _run_epochs(setup: TrainSetup, state: TrainState, loop: hooks.LoopState, loop_hooks: list[hooks.Hook], matrix,
@@ -521,7 +544,8 @@ def _run_epochs(setup: TrainSetup, state: TrainState, loop: hooks.LoopState, loo
     for hook in loop_hooks:
         timed(type(hook).__name__, lambda: hook.close(loop))
     if interrupt is not None and interrupt.requested:
-        raise KeyboardInterrupt(f"interrupted after epoch {loop.epoch}, which is checkpointed")
+        raise Interrupted(interrupt.signum, f"{signal.Signals(interrupt.signum).name} after epoch {loop.epoch}, "
+                                            "which is checkpointed")
     return state, clock
 
 

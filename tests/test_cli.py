@@ -5,6 +5,8 @@ import hashlib
 import http.server
 import io
 import json
+import os
+import signal
 import threading
 import zipfile
 
@@ -390,3 +392,34 @@ def test_no_valid_reproduces_the_last_epoch_figures_of_a_split_without_validatio
                  split, tmp_path / "library", progress=False, log=lambda message: None)
     direct = evaluate(fitted.path.eval_step(), fitted.best_params, split.test)
     assert results["test"]["ndcg@100"] == pytest.approx(direct["ndcg@100"], abs=1e-6)
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_kill_finishes_the_epoch_checkpoints_it_and_the_run_resumes(tiny_data, tmp_path, monkeypatch,
+                                                                                capsys, signum, status):
+    """The signal arrives in epoch 1's first hook; the epoch's other hooks still run (its checkpoint is written), no
+    later epoch starts, the command exits with 128 + the signal's number and puts the handlers back as they were."""
+    from hvae_jax import hooks
+
+    validate = hooks.Validation.after_epoch
+
+    def signal_in_epoch_1(self, loop):
+        if loop.epoch == 1:
+            os.kill(os.getpid(), signum)
+        validate(self, loop)
+
+    workdir = tmp_path / "signalled"
+    argv = ["train", "--data", str(tiny_data), *TINY, "--epochs", "3", "--workdir", str(workdir)]
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with monkeypatch.context() as patch:
+        patch.setattr(hooks.Validation, "after_epoch", signal_in_epoch_1)
+        assert main(argv) == status
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    printed = capsys.readouterr()
+    assert f"{signal.Signals(signum).name}: finishing this epoch" in printed.out + printed.err
+    assert ("terminated" if signum == signal.SIGTERM else "interrupted") in printed.err
+    logged = [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1] and not (workdir / "results.json").exists()
+    assert main(argv) == 0
+    resumed = json.loads((workdir / "results.json").read_text())
+    assert (resumed["resumed_from_epoch"], resumed["epochs"], resumed["interrupted"]) == (1, 3, False)
