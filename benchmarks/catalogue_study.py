@@ -284,7 +284,8 @@ def plot(datasets: dict[str, list[dict]], out: pathlib.Path) -> None:
     figure, axes = plt.subplots(len(datasets), 3, figsize=(16, 4.2 * len(datasets)), squeeze=False)
     for axes_row, (dataset, rows) in zip(axes, datasets.items()):
         for index, row in enumerate(r for r in rows if r["setting"] in SETTINGS and r["setting"] not in BASELINES):
-            history = json.loads(record_path(dataset, row["setting"]).read_text())["history"]
+            record = json.loads(record_path(dataset, row["setting"]).read_text())
+            history = record["history"]
             validated = [h for h in history if h.get("valid_ndcg@100") is not None]
             seconds, elapsed = [], 0.0
             for h in history:
@@ -295,7 +296,10 @@ def plot(datasets: dict[str, list[dict]], out: pathlib.Path) -> None:
                          label=row["setting"] + (" (chosen)" if row["chosen_on_validation"] else ""))
             axes_row[0].plot([h["epoch"] for h in validated], [h["valid_ndcg@100"] for h in validated], **style)
             axes_row[1].plot(seconds, [h["valid_ndcg@100"] for h in validated], **style)
-            axes_row[2].plot([h["epoch"] for h in history], [h.get("beta") or 0.0 for h in history], **style)
+            # With a KL weight per item (beta_u = gamma |x_u|, the hierarchy) the logged beta is a multiplier of 1,
+            # not the weight itself: no line to draw.
+            if not record["config"]["train"].get("kl_weight_per_item"):
+                axes_row[2].plot([h["epoch"] for h in history], [h.get("beta") or 0.0 for h in history], **style)
         titles = ("validation NDCG@100", "validation NDCG@100", "KL weight beta")
         xlabels = ("epoch", "training seconds (most runs shared the machine: see notes)", "epoch")
         for axis, title, xlabel in zip(axes_row, titles, xlabels):
