@@ -65,6 +65,12 @@ BUDGET = {
 }
 
 # The tuning budget: the same number of settings for every neural model (model fields, train fields).
+# The hierarchy with `--model multvae`'s recipe (below): the model fields that replace `--model hvae`'s RecVAE-style
+# encoder and prior, and the train fields that replace its alternating schedule and per-user KL weight.
+MV_2LEVEL = dict(encoder="mlp", encoder_layers=1, decoder_layers=0, prior="standard", init="glorot")
+MV_RECIPE = dict(schedule="joint", kl_weight_per_item=0.0, learning_rate=1e-3, eval_every=1, max_anneal_steps=3000,
+                 beta_cap=0.4, average_updates=500)
+
 GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
     "multvae": {
         "liang": ({}, {}),
@@ -83,6 +89,12 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
         # anneal over at most 3,000 updates and the parameters averaged over 500 updates, at most 4 epochs (README
         # "Defaults across catalogue shapes").
         "default": (dict(decoder_layers=0), dict(max_anneal_steps=3000, beta_cap=0.4, average_updates=500)),
+        # Two around the default, as many as the hierarchy's two below: a 400-wide latent (the width of the two
+        # levels together) and Mult-DAE's L2.
+        "default-400": (dict(decoder_layers=0, latents=(400,)),
+                        dict(max_anneal_steps=3000, beta_cap=0.4, average_updates=500)),
+        "default-wd": (dict(decoder_layers=0), dict(max_anneal_steps=3000, beta_cap=0.4, average_updates=500,
+                                                     weight_decay=2e-5)),
     },
     "multdae": {
         "liang": ({}, {}),
@@ -116,6 +128,11 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
         # As many settings as Mult-VAE: the averaging rule of its default (500 updates, at most 4 epochs), where
         # `avg`'s fixed decay of 0.998 spans tens of epochs on the small sets.
         "avg-4ep": ({}, dict(average_updates=500)),
+        # The one-level default's recipe with a second level: its encoder (one 600-wide tanh layer), logits linear
+        # in both levels, a standard normal top, every parameter every update, its anneal, cap and averaging. Bottom-up
+        # inference, and the ladder (Sonderby et al. 2016).
+        "mv-2level": (MV_2LEVEL, MV_RECIPE),
+        "mv-2level-ladder": (dict(MV_2LEVEL, inference="ladder"), MV_RECIPE),
     },
 }
 
