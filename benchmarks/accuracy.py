@@ -89,12 +89,14 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
         # anneal over at most 3,000 updates and the parameters averaged over 500 updates, at most 4 epochs (README
         # "Defaults across catalogue shapes").
         "default": (dict(decoder_layers=0), dict(max_anneal_steps=3000, beta_cap=0.4, average_updates=500)),
-        # Two around the default, as many as the hierarchy's two below: a 400-wide latent (the width of the two
-        # levels together) and Mult-DAE's L2.
+        # Three around the default, as many as the hierarchy's three below: a 400-wide latent (the width of the two
+        # levels together), Mult-DAE's L2, and gated layers (Kim & Suh's gate).
         "default-400": (dict(decoder_layers=0, latents=(400,)),
                         dict(max_anneal_steps=3000, beta_cap=0.4, average_updates=500)),
         "default-wd": (dict(decoder_layers=0), dict(max_anneal_steps=3000, beta_cap=0.4, average_updates=500,
                                                      weight_decay=2e-5)),
+        "default-gated": (dict(decoder_layers=0, gated=True),
+                          dict(max_anneal_steps=3000, beta_cap=0.4, average_updates=500)),
     },
     "multdae": {
         "liang": ({}, {}),
@@ -130,9 +132,10 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
         "avg-4ep": ({}, dict(average_updates=500)),
         # The one-level default's recipe with a second level: its encoder (one 600-wide tanh layer), logits linear
         # in both levels, a standard normal top, every parameter every update, its anneal, cap and averaging. Bottom-up
-        # inference, and the ladder (Sonderby et al. 2016).
+        # inference, the ladder (Sonderby et al. 2016), and gated layers.
         "mv-2level": (MV_2LEVEL, MV_RECIPE),
         "mv-2level-ladder": (dict(MV_2LEVEL, inference="ladder"), MV_RECIPE),
+        "mv-2level-gated": (dict(MV_2LEVEL, gated=True), MV_RECIPE),
     },
 }
 
