@@ -67,7 +67,7 @@ def test_recvae_phases_differ_in_their_gradients():
 def test_every_benchmarked_model_has_a_training_config(name):
     train = runners.train_config(name, 500)
     assert train.batch_size == 500
-    alternating = name in ("recvae", "hvae")  # RecVAE and the two-level model in its style
+    alternating = name == "recvae"  # RecVAE's schedule; `hvae` trains every parameter every update
     assert runners.schedule_phases(name) == (("encoder", "decoder") if alternating else ("joint",))
     assert runners.torch_unsupported(runners.model_config("multvae")) is None
 
@@ -152,9 +152,26 @@ def test_gpu_script_quick_mode_runs_every_part_on_cpu(tmp_path):
     assert huge["loss_is_finite"] and huge["layout"]["n_padded"] >= huge["n_items"]
 
 
-@pytest.mark.parametrize("tag", ["vamp-gated-avg", "recvae-2level"])
-def test_hierarchy_candidates_reproduce_their_recorded_configs(tag):
-    """A recorded accuracy run can be re-run: its candidate still builds the model and train configs it recorded."""
+def _recorded_hierarchy_runs():
+    """(data set, tag, source) of every recorded selection run of the hierarchy: benchmarks/hierarchy.py's candidates
+    and benchmarks/accuracy.py's grid."""
+    from benchmarks.accuracy import GRIDS, RUNS
+    from benchmarks.hierarchy import CANDIDATES
+
+    runs = []
+    for record in sorted(RUNS.glob("*/hvae--*--seed1.json")):
+        tag = record.name[len("hvae--"):-len("--seed1.json")]
+        if tag in CANDIDATES:
+            runs.append((record.parent.name, tag, "hierarchy"))
+        if tag in GRIDS["hvae"]:
+            runs.append((record.parent.name, tag, "grid"))
+    return runs
+
+
+@pytest.mark.parametrize("dataset,tag,source", _recorded_hierarchy_runs())
+def test_hierarchy_settings_reproduce_their_recorded_configs(dataset, tag, source):
+    """A recorded accuracy run can be re-run: its setting still builds the model and train configs it recorded,
+    whatever `--model hvae`'s defaults have become since."""
     import dataclasses
 
     from benchmarks.accuracy import configs_for, run_path
@@ -162,24 +179,31 @@ def test_hierarchy_candidates_reproduce_their_recorded_configs(tag):
     from hvae_jax.configs import model_config_to_dict
     from hvae_jax.rundir import ADDED_SETTINGS, NOT_FINGERPRINTED
 
-    record = json.loads(run_path("ml-1m", "hvae", tag, 1).read_text())
-    _, model, train = configs_for("ml-1m", "hvae", tag, 1, CANDIDATES[tag])
+    record = json.loads(run_path(dataset, "hvae", tag, 1).read_text())
+    _, model, train = configs_for(dataset, "hvae", tag, 1, CANDIDATES[tag] if source == "hierarchy" else None)
     as_json = lambda fields: json.loads(json.dumps(fields))  # tuples as lists, as the record stores them
-    # separate_heads came after these runs; its default is what they ran
+    # separate_heads came after some of these runs; its default is what they ran
     assert as_json(model_config_to_dict(model)) == {"separate_heads": False, **record["model_config"]}
     # Settings that do not change results (how often `latest` is written: its default changed since) are left out.
     results_only = lambda fields: {k: v for k, v in fields.items() if k not in NOT_FINGERPRINTED["train"]}  # noqa: E731
-    # early_stopping_updates came after them too; rundir.ADDED_SETTINGS holds the value that behaves as they did.
+    # Settings added after a run: rundir.ADDED_SETTINGS holds the value that behaves as it did.
     added = {name: value for (section, name), value in ADDED_SETTINGS.items() if section == "train"}
     assert results_only(as_json(dataclasses.asdict(train))) == results_only({**added, **record["train_config"]})
 
 
-def test_the_named_hvae_is_the_ablations_winner():
+def test_the_named_hierarchies_are_the_settings_validation_chose():
+    """`--model hvae` is the grid's `mv-2level`; `--model hvae-recvae` is the ml-1m ablation's winner."""
+    import dataclasses
+
     from benchmarks.accuracy import configs_for
     from benchmarks.hierarchy import CANDIDATES
 
-    assert configs_for("ml-1m", "hvae", "default", 1)[1:] == configs_for("ml-1m", "hvae", "recvae-2level", 1,
-                                                                         CANDIDATES["recvae-2level"])[1:]
+    def named(model):
+        _, config, train = configs_for("ml-1m", model, "default", 1, ({}, {}))
+        return dataclasses.replace(config, name="hvae"), train
+
+    assert named("hvae") == configs_for("ml-1m", "hvae", "mv-2level", 1)[1:]
+    assert named("hvae-recvae") == configs_for("ml-1m", "hvae", "recvae-2level", 1, CANDIDATES["recvae-2level"])[1:]
 
 
 def test_eval_breakdown_times_every_part_and_both_input_paths_score_alike():

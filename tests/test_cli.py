@@ -33,9 +33,11 @@ def test_flags_override_config_file_which_overrides_preset(tmp_path, capsys):
     assert resolved["train"]["learning_rate"] == 0.002  # file beats preset
     assert resolved["train"]["total_anneal_steps"] == 200_000  # preset beats defaults
     assert resolved["model"]["latents"] == [64, 32]
-    # `model = "hvae"` brings the hierarchical model's defaults: RecVAE's encoder and prior on two levels
-    assert (resolved["model"]["prior"], resolved["model"]["encoder"]) == ("composite", "densenet")
-    assert resolved["train"]["schedule"] == "alternating"
+    # `model = "hvae"` brings the hierarchical model's defaults: Mult-VAE's encoder, a linear decoder, a standard
+    # normal top level and Mult-VAE's training
+    assert (resolved["model"]["prior"], resolved["model"]["encoder"], resolved["model"]["decoder_layers"]) == (
+        "standard", "mlp", 0)
+    assert (resolved["train"]["schedule"], resolved["train"]["beta_cap"]) == ("joint", 0.4)
     assert resolved["settings"]["data"] == "ml-20m"
 
 
@@ -48,10 +50,11 @@ def test_early_stopping_defaults_and_a_given_none_overrides_them(capsys):
     train = lambda *argv: _printed_config(capsys, *argv)["train"]  # noqa: E731
     assert (train("--model", "multvae")["early_stopping_updates"], train("--model", "multdae")["early_stopping_updates"]
             ) == (1500, 1500)
-    assert train("--model", "hvae")["early_stopping"] == 80
+    assert train("--model", "hvae")["early_stopping_updates"] == 1500
+    assert train("--model", "hvae-recvae")["early_stopping"] == 80
     # `none` given on the command line is a value: it switches the named model's rule off.
     assert train("--model", "multvae", "--early-stopping-updates", "none")["early_stopping_updates"] is None
-    assert train("--model", "hvae", "--early-stopping", "none")["early_stopping"] is None
+    assert train("--model", "hvae-recvae", "--early-stopping", "none")["early_stopping"] is None
     # The reproduction presets keep their papers' fixed epochs.
     assert train("--preset", "liang-multvae-ml20m")["early_stopping_updates"] is None
 
