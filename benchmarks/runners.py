@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 FRAMEWORKS = ("jax", "torch", "torch-optimized")
-NEURAL_MODELS = ("multvae", "multdae", "hvae", "hvae-vamp", "hvamp", "recvae")
+NEURAL_MODELS = ("multvae", "multdae", "hvae", "hvae-recvae", "hvae-vamp", "hvamp", "recvae")
 # Benchmark-only architectures, beside the named models: "hvae-vamp" is the two-level gated VampPrior model (K = 1000
 # pseudo-inputs) that `--model hvae` was before the hierarchy ablation (benchmarks/hierarchy.py, "vamp-gated"),
 # kept to time the VampPrior's pass.

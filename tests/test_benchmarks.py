@@ -67,7 +67,7 @@ def test_recvae_phases_differ_in_their_gradients():
 def test_every_benchmarked_model_has_a_training_config(name):
     train = runners.train_config(name, 500)
     assert train.batch_size == 500
-    alternating = name == "recvae"  # RecVAE's schedule; `hvae` trains every parameter every update
+    alternating = name in ("recvae", "hvae-recvae")  # RecVAE and the two-level model in its style
     assert runners.schedule_phases(name) == (("encoder", "decoder") if alternating else ("joint",))
     assert runners.torch_unsupported(runners.model_config("multvae")) is None
 
@@ -269,6 +269,27 @@ def test_record_of_an_interrupted_run_says_when_it_came_within_one_percent_of_it
     untimed = [{"epoch": 1, "valid_ndcg@100": 0.2}, {"epoch": 2, "valid_ndcg@100": 0.3, "train_seconds": 5.0}]
     assert accuracy.time_to_fraction_of_best(untimed) == {"fraction": 0.99, "best_valid_ndcg@100": 0.3, "epoch": 2,
                                                           "valid_ndcg@100": 0.3, "train_seconds": None}
+
+
+def test_the_default_across_data_sets_is_the_best_mean_ratio_to_the_chosen_one_level_model(tmp_path, monkeypatch):
+    from benchmarks import accuracy
+
+    monkeypatch.setattr(accuracy, "RUNS", tmp_path)
+    monkeypatch.setitem(accuracy.GRIDS, "multvae", {"a": ({}, {}), "b": ({}, {})})
+    monkeypatch.setitem(accuracy.GRIDS, "hvae", {"x": ({}, {}), "y": ({}, {}), "z": ({}, {})})
+    valid = {("d1", "multvae", "a"): 0.40, ("d1", "multvae", "b"): 0.50, ("d2", "multvae", "a"): 0.20,
+             ("d1", "hvae", "x"): 0.55, ("d2", "hvae", "x"): 0.18,
+             ("d1", "hvae", "y"): 0.45, ("d2", "hvae", "y"): 0.23,
+             ("d1", "hvae", "z"): 0.90}  # z has no run on d2: left out, however good
+    for (dataset, model, tag), value in valid.items():
+        path = accuracy.run_path(dataset, model, tag, 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"results": {"valid": {"ndcg@100": value}}}))
+    choice = accuracy.default_choice("hvae", ["d1", "d2"])
+    # multvae's chosen settings: b on d1 (0.50), a on d2 (0.20). x: (1.1 + 0.9) / 2 = 1.0; y: (0.9 + 1.15) / 2.
+    assert [score["tag"] for score in choice] == ["y", "x"]
+    assert choice[0]["valid_ratio_to_multvae"] == pytest.approx({"d1": 0.9, "d2": 1.15})
+    assert [score["mean_ratio"] for score in choice] == pytest.approx([1.025, 1.0])
 
 
 @pytest.mark.usefixtures("standard_dtype_promotion")  # optax's Adam (see conftest)
