@@ -399,10 +399,16 @@ def test_no_valid_reproduces_the_last_epoch_figures_of_a_split_without_validatio
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_kill_finishes_the_epoch_checkpoints_it_and_the_run_resumes(tiny_data, tmp_path, monkeypatch,
-                                                                                capsys, signum, status):
+                                                                                capsys, request, signum, status):
     """The signal arrives in epoch 1's first hook; the epoch's other hooks still run (its checkpoint is written), no
     later epoch starts, the command exits with 128 + the signal's number and puts the handlers back as they were."""
     from hvae_jax import hooks
+
+    # A shell starts a background job (`pytest &`) with SIGINT ignored, and the command leaves an ignored signal
+    # ignored; this test is about the handled case, so it starts from Python's own handlers whoever launched it.
+    for handled, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        previous = signal.signal(handled, handler)
+        request.addfinalizer(lambda handled=handled, previous=previous: signal.signal(handled, previous))
 
     validate = hooks.Validation.after_epoch
 
