@@ -64,19 +64,23 @@ BUDGET = {
     "amazon-book": dict(epochs=100, early_stopping=15, checkpoint_every=5),
 }
 
+# What `--model multvae`'s train settings add to Liang's (its grid's `default`), and the library's defaults of the
+# same settings.
+MULTVAE_DEFAULT_TRAIN = dict(max_anneal_steps=3000, beta_cap=0.4, average_updates=500)
+LIBRARY_DEFAULTS = dict(max_anneal_steps=None, beta_cap=0.2, average_updates=None)
+
 # The hierarchy's settings below name every field they rely on, so that each record stays reproducible whatever
 # `--model hvae`'s defaults become. Two bases:
 # - RecVAE's style (`--model hvae-recvae`, `--model hvae` until December 2026): a densely connected five-layer
 #   encoder, the composite prior on the top level, PyTorch's initialisation, beta_u = 0.005 |x_u|, alternating 3
 #   encoder and 1 decoder epochs, Adam 5e-4, validated every cycle, no parameter average;
 RECVAE_STYLE = dict(encoder="densenet", encoder_layers=5, decoder_layers=0, prior="composite", init="torch")
-RECVAE_STYLE_TRAIN = dict(schedule="alternating", encoder_epochs=3, decoder_epochs=1, kl_weight_per_item=0.005,
-                          learning_rate=5e-4, eval_every=4, max_anneal_steps=None, beta_cap=0.2, average_updates=None)
+RECVAE_STYLE_TRAIN = dict(LIBRARY_DEFAULTS, schedule="alternating", encoder_epochs=3, decoder_epochs=1,
+                          kl_weight_per_item=0.005, learning_rate=5e-4, eval_every=4)
 # - `--model multvae`'s recipe with a second level (today's `--model hvae`): its encoder (one 600-wide tanh layer),
 #   logits linear in both levels, a standard normal top, every parameter every update, its anneal, cap and average.
 MV_2LEVEL = dict(encoder="mlp", encoder_layers=1, decoder_layers=0, prior="standard", init="glorot")
-MV_RECIPE = dict(schedule="joint", kl_weight_per_item=0.0, learning_rate=1e-3, eval_every=1, max_anneal_steps=3000,
-                 beta_cap=0.4, average_updates=500)
+MV_RECIPE = dict(MULTVAE_DEFAULT_TRAIN, schedule="joint", kl_weight_per_item=0.0, learning_rate=1e-3, eval_every=1)
 
 
 def _recvae_style(model_fields: dict | None = None, **train_fields) -> tuple[dict, dict]:
@@ -102,15 +106,12 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
         # Today's `--model multvae` under this protocol's epoch budget: the linear decoder, a KL cap of 0.4, the
         # anneal over at most 3,000 updates and the parameters averaged over 500 updates, at most 4 epochs (README
         # "Defaults across catalogue shapes").
-        "default": (dict(decoder_layers=0), dict(max_anneal_steps=3000, beta_cap=0.4, average_updates=500)),
+        "default": (dict(decoder_layers=0), MULTVAE_DEFAULT_TRAIN),
         # Three around the default, as many as the hierarchy's three below: a 400-wide latent (the width of the two
         # levels together), Mult-DAE's L2, and gated layers (Kim & Suh's gate).
-        "default-400": (dict(decoder_layers=0, latents=(400,)),
-                        dict(max_anneal_steps=3000, beta_cap=0.4, average_updates=500)),
-        "default-wd": (dict(decoder_layers=0), dict(max_anneal_steps=3000, beta_cap=0.4, average_updates=500,
-                                                     weight_decay=2e-5)),
-        "default-gated": (dict(decoder_layers=0, gated=True),
-                          dict(max_anneal_steps=3000, beta_cap=0.4, average_updates=500)),
+        "default-400": (dict(decoder_layers=0, latents=(400,)), MULTVAE_DEFAULT_TRAIN),
+        "default-wd": (dict(decoder_layers=0), dict(MULTVAE_DEFAULT_TRAIN, weight_decay=2e-5)),
+        "default-gated": (dict(decoder_layers=0, gated=True), MULTVAE_DEFAULT_TRAIN),
     },
     "multdae": {
         "liang": ({}, {}),
@@ -311,13 +312,15 @@ def tags_of(model: str) -> list[str]:
     return list(GRIDS.get(model, {"default": ({}, {})}))
 
 
+def selection_score(dataset: str, model: str, tag: str) -> float | None:
+    """Validation NDCG@100 of the setting's run with the first seed (None until it has run)."""
+    path = run_path(dataset, model, tag, SEEDS[0])
+    return json.loads(path.read_text())["results"]["valid"]["ndcg@100"] if path.exists() else None
+
+
 def selected_tag(dataset: str, model: str) -> str | None:
     """The setting with the best validation NDCG@100 under the first seed (None until one has run)."""
-    scored = []
-    for tag in tags_of(model):
-        path = run_path(dataset, model, tag, SEEDS[0])
-        if path.exists():
-            scored.append((json.loads(path.read_text())["results"]["valid"]["ndcg@100"], tag))
+    scored = [(score, tag) for tag in tags_of(model) if (score := selection_score(dataset, model, tag)) is not None]
     return max(scored)[1] if scored else None
 
 
@@ -415,17 +418,15 @@ def default_choice(model: str, datasets: list[str], reference: str = "multvae") 
     """How a default across data sets is chosen on validation only: for each setting of `model` run (seed 1) on
     every one of `datasets`, its validation NDCG@100 over that of `reference`'s chosen setting on the same data set,
     and the mean of those ratios; best first. Settings missing on some data set are left out."""
+    chosen = {dataset: selected_tag(dataset, reference) for dataset in datasets}
+    if None in chosen.values():
+        return []
+    baseline = {dataset: selection_score(dataset, reference, tag) for dataset, tag in chosen.items()}
     scores = []
     for tag in tags_of(model):
-        ratios = {}
-        for dataset in datasets:
-            path, chosen = run_path(dataset, model, tag, SEEDS[0]), selected_tag(dataset, reference)
-            if not path.exists() or chosen is None:
-                break
-            valid = json.loads(path.read_text())["results"]["valid"]["ndcg@100"]
-            ratios[dataset] = valid / json.loads(run_path(dataset, reference, chosen, SEEDS[0]).read_text())[
-                "results"]["valid"]["ndcg@100"]
-        else:
+        valid = {dataset: selection_score(dataset, model, tag) for dataset in datasets}
+        if None not in valid.values():
+            ratios = {dataset: valid[dataset] / baseline[dataset] for dataset in datasets}
             scores.append({"tag": tag, "valid_ratio_to_" + reference: ratios,
                            "mean_ratio": statistics.mean(ratios.values())})
     return sorted(scores, key=lambda score: -score["mean_ratio"])
@@ -433,15 +434,15 @@ def default_choice(model: str, datasets: list[str], reference: str = "multvae") 
 
 def cmd_table(args) -> None:
     rows = []
-    datasets = args.datasets.split(",")
+    datasets, models = args.datasets.split(","), args.models.split(",")
     for dataset in datasets:
-        for model in args.models.split(","):
+        for model in models:
             row = summarize(dataset, model)
             if row is not None:
                 rows.append(row)
     table = markdown(rows)
     print(table)
-    choice = default_choice("hvae", datasets) if "hvae" in args.models.split(",") else []
+    choice = default_choice("hvae", datasets) if "hvae" in models else []
     for score in choice:
         print(f"hvae {score['tag']}: mean validation NDCG@100 ratio to the chosen multvae {score['mean_ratio']:.4f} ("
               + ", ".join(f"{d} {r:.4f}" for d, r in score["valid_ratio_to_multvae"].items()) + ")")
