@@ -112,6 +112,11 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
         "default-400": (dict(decoder_layers=0, latents=(400,)), MULTVAE_DEFAULT_TRAIN),
         "default-wd": (dict(decoder_layers=0), dict(MULTVAE_DEFAULT_TRAIN, weight_decay=2e-5)),
         "default-gated": (dict(decoder_layers=0, gated=True), MULTVAE_DEFAULT_TRAIN),
+        # Two more around the default, as many as the hierarchy's last two: RecVAE's composite prior (under the
+        # joint schedule its snapshot is the encoder as the epoch starts), and a 600-wide latent (the two levels of
+        # `mv-2level-400` together).
+        "default-composite": (dict(decoder_layers=0, prior="composite"), MULTVAE_DEFAULT_TRAIN),
+        "default-600": (dict(decoder_layers=0, latents=(600,)), MULTVAE_DEFAULT_TRAIN),
     },
     "multdae": {
         "liang": ({}, {}),
@@ -151,6 +156,10 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
         "mv-2level": (MV_2LEVEL, MV_RECIPE),
         "mv-2level-ladder": (dict(MV_2LEVEL, inference="ladder"), MV_RECIPE),
         "mv-2level-gated": (dict(MV_2LEVEL, gated=True), MV_RECIPE),
+        # The ingredient of each base that won elsewhere, on the recipe: RecVAE's composite prior on the top level
+        # (ml-1m's choice has it), and a 400-wide bottom level (Mult-VAE's choice on both small sets is 400 wide).
+        "mv-2level-composite": (dict(MV_2LEVEL, prior="composite"), MV_RECIPE),
+        "mv-2level-400": (dict(MV_2LEVEL, latents=(400, 200)), MV_RECIPE),
     },
 }
 
