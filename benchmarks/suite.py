@@ -7,9 +7,10 @@ Parts, in order (each a subprocess with its share of the budget; each writes its
 short keeps what it measured):
   throughput       hvae_jax against the PyTorch reference and its optimised variant, Mult-VAE, ML-20M and ML-1M
                    shapes, train and eval, dense and executed-FLOP rooflines (benchmarks/throughput.py)
-  hierarchical     the same for the hierarchical models: hvae (2 levels, RecVAE's style, both phases), hvae-vamp
-                   (2 levels, gated, VampPrior K=1000: `--model hvae` before the ablation), hvamp
-                   (Kim & Suh's H+Vamp), recvae (both alternating phases), with the VampPrior pass's share
+  hierarchical     the same for the hierarchical models: hvae (2 levels, Mult-VAE's recipe: the default), hvae-recvae
+                   (2 levels, RecVAE's style, both phases), hvae-vamp (2 levels, gated, VampPrior K=1000: `--model
+                   hvae` before the ablation), hvamp (Kim & Suh's H+Vamp), recvae (both alternating phases), with the
+                   VampPrior pass's share
   end_to_end       Mult-VAE trained by each framework with validation and checkpoints, per-phase breakdown
   scaling          users/s and peak memory against catalogue size, batch size, levels, ensemble members
   huge_catalogue   1,000,000 items through the item-sharded path on the one device
@@ -59,7 +60,8 @@ def part_commands(device_kind: str, quick: bool, scratch: pathlib.Path, data: st
     kind = ["--device-kind", device_kind]
     throughput = ["benchmarks.throughput", *kind, "--shapes", shapes, "--models", "multvae",
                   "--batch-sizes", batches, "--phases", "train,eval", *quick_flags]
-    hierarchical = ["benchmarks.throughput", *kind, "--shapes", shapes, "--models", "hvae,hvae-vamp,hvamp,recvae",
+    hierarchical = ["benchmarks.throughput", *kind, "--shapes", shapes, "--models",
+                    "hvae,hvae-recvae,hvae-vamp,hvamp,recvae",
                     "--batch-sizes", "500", *quick_flags]
     # Quick: training only, and not the optimised PyTorch (its rows are the Mult-VAE part's business).
     hierarchical += ["--phases", "train", "--frameworks", "jax,torch"] if quick else ["--phases", "train,eval"]

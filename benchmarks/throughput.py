@@ -4,7 +4,7 @@ synthetic data shaped like ML-20M and ML-1M, written as JSON for `benchmarks.rep
   python -m benchmarks.throughput                      # CPU suite, ~10 minutes on 2 cores
   python -m benchmarks.throughput --quick              # smoke run, a minute or two
   python -m benchmarks.throughput --device-kind gpu    # GPU suite (benchmarks/gpu.sh runs this)
-  python -m benchmarks.throughput --models hvae,hvae-vamp,hvamp,recvae --frameworks jax   # the hierarchical models
+  python -m benchmarks.throughput --models hvae,hvae-recvae,hvae-vamp,hvamp,recvae --frameworks jax   # the hierarchical models
 
 Models are the named ones of `hvae_jax.configs.MODELS` with their own training settings at the suite's batch sizes;
 RecVAE's training rows are its two alternating phases (encoder, decoder), each timed on its own. For models with a

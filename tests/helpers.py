@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,3 +40,11 @@ def one_update(config, matrix, rows, *, step: int = 50, init_seed: int = 0, key_
     update = jax.jit(setup.make_update(setup.schedule.phases[0]))
     state = setup.init_state(key=jax.random.key(init_seed))._replace(step=jnp.int32(step))
     return setup, update(state, rows, jax.random.key(key_seed), to_device(matrix), None)
+
+
+def subprocess_xla_flags(*extra: str) -> str:
+    """XLA_FLAGS for a subprocess of a test: this session's (tests/conftest.py adds its compile flags) without any
+    forced host device count, then `extra`."""
+    kept = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+            if not flag.startswith("--xla_force_host_platform_device_count")]
+    return " ".join([*kept, *extra])

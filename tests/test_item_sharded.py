@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from helpers import random_binary_csr
+from helpers import random_binary_csr, subprocess_xla_flags
 
 from hvae_jax import input_paths
 from hvae_jax.configs import DAEConfig, TrainConfig
@@ -223,7 +223,8 @@ FOUR_DEVICES_SCRIPT = textwrap.dedent(
 
 
 def test_four_forced_devices_train_and_evaluate_as_one(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags("--xla_force_host_platform_device_count=4"),
+               JAX_PLATFORMS="cpu")
     outputs = {}
     for n_devices in (1, 4):
         completed = subprocess.run(

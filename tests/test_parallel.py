@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import subprocess_xla_flags
 from hvae_jax.configs import TrainConfig
 from hvae_jax.configs import VAEConfig as ModelConfig
 from hvae_jax.data.splits import strong_generalization
@@ -169,7 +170,7 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent(
 def test_data_parallel_on_four_forced_devices_equals_one_device(tmp_path):
     import json
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags("--xla_force_host_platform_device_count=4"), JAX_PLATFORMS="cpu")
     completed = subprocess.run(
         [sys.executable, "-c", DATA_PARALLEL_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
         timeout=300,
@@ -196,7 +197,7 @@ RUN_CLI = "import sys; from hvae_jax.cli import main; sys.exit(main(sys.argv[1:]
 
 def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
     """The README's multi-host recipe, run as two CPU processes on this host (one device each)."""
-    base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    base = dict(os.environ, XLA_FLAGS=subprocess_xla_flags())
     base["JAX_PLATFORMS"] = "cpu"
     distributed_dir = tmp_path / "two_processes"
     env = dict(base, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES="2")
@@ -224,8 +225,8 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
     single_dir = tmp_path / "one_process"
     completed = subprocess.run(
         [sys.executable, "-c", RUN_CLI, *TRAIN_ARGS, "--workdir", str(single_dir)],
-        env=dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=2"), capture_output=True, text=True,
-        timeout=600,
+        env=dict(base, XLA_FLAGS=subprocess_xla_flags("--xla_force_host_platform_device_count=2")),
+        capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     distributed = json.loads((distributed_dir / "results.json").read_text())
