@@ -192,7 +192,7 @@ def test_hierarchy_settings_reproduce_their_recorded_configs(dataset, tag, sourc
 
 
 def test_the_named_hierarchies_are_the_settings_validation_chose():
-    """`--model hvae` is the grid's `mv-2level`; `--model hvae-recvae` is the ml-1m ablation's winner."""
+    """`--model hvae` is the grid's `mv-2level-composite`; `--model hvae-recvae` is the ml-1m ablation's winner."""
     import dataclasses
 
     from benchmarks.accuracy import configs_for
@@ -202,7 +202,7 @@ def test_the_named_hierarchies_are_the_settings_validation_chose():
         _, config, train = configs_for("ml-1m", model, "default", 1, ({}, {}))
         return dataclasses.replace(config, name="hvae"), train
 
-    assert named("hvae") == configs_for("ml-1m", "hvae", "mv-2level", 1)[1:]
+    assert named("hvae") == configs_for("ml-1m", "hvae", "mv-2level-composite", 1)[1:]
     assert named("hvae-recvae") == configs_for("ml-1m", "hvae", "recvae-2level", 1, CANDIDATES["recvae-2level"])[1:]
 
 
