@@ -29,7 +29,8 @@ RECVAE_TWO_LEVELS = dict(RECVAE_STYLE, latents=(200, 200), gated=False, logvar_c
 RECVAE_TRAIN = RECVAE_STYLE_TRAIN
 
 # candidate -> (model fields over the `hvae` named model, train fields over its train settings); the winner,
-# recvae-2level, is `--model hvae-recvae` (and was `--model hvae` until the accuracy grid's `mv-2level` replaced it).
+# recvae-2level, is `--model hvae-recvae` (and was `--model hvae` until the accuracy grid's `mv-2level` replaced it,
+# itself replaced by `mv-2level-composite`). Every candidate names its prior, whatever `hvae`'s default becomes.
 CANDIDATES: dict[str, tuple[dict, dict]] = {
     "vamp-gated": (VAMP_GATED, JOINT),
     "vamp-gated-avg": (VAMP_GATED, AVERAGE),

@@ -464,8 +464,8 @@ MODELS: dict[str, NamedModel] = {
                    "Mult-DAE [I-200-I] (Liang et al.), L2 0.01 / batch size as their notebook, epochs scaled to the "
                    "data"),
         NamedModel("hvae", HVAE, HVAE_TRAIN,
-                   "hierarchical VAE: `multvae` with a second 200-d level, trained as it is (chosen on validation, "
-                   "see README)"),
+                   "hierarchical VAE: `multvae` with a second 200-d level under RecVAE's composite prior, trained "
+                   "as it is (chosen on validation, see README)"),
         NamedModel("hvae-recvae", HVAE_RECVAE, HVAE_RECVAE_TRAIN,
                    "two 200-d levels in RecVAE's style, alternating updates (ml-1m's choice; `hvae` until Dec 2026)"),
         NamedModel("hvamp", KIMSUH_HVAMP, KIMSUH_TRAIN,
