@@ -33,10 +33,10 @@ def test_flags_override_config_file_which_overrides_preset(tmp_path, capsys):
     assert resolved["train"]["learning_rate"] == 0.002  # file beats preset
     assert resolved["train"]["total_anneal_steps"] == 200_000  # preset beats defaults
     assert resolved["model"]["latents"] == [64, 32]
-    # `model = "hvae"` brings the hierarchical model's defaults: Mult-VAE's encoder, a linear decoder, a standard
-    # normal top level and Mult-VAE's training
+    # `model = "hvae"` brings the hierarchical model's defaults: Mult-VAE's encoder, a linear decoder, RecVAE's
+    # composite prior on the top level and Mult-VAE's training
     assert (resolved["model"]["prior"], resolved["model"]["encoder"], resolved["model"]["decoder_layers"]) == (
-        "standard", "mlp", 0)
+        "composite", "mlp", 0)
     assert (resolved["train"]["schedule"], resolved["train"]["beta_cap"]) == ("joint", 0.4)
     assert resolved["settings"]["data"] == "ml-20m"
 
