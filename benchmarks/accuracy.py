@@ -77,8 +77,9 @@ LIBRARY_DEFAULTS = dict(max_anneal_steps=None, beta_cap=0.2, average_updates=Non
 RECVAE_STYLE = dict(encoder="densenet", encoder_layers=5, decoder_layers=0, prior="composite", init="torch")
 RECVAE_STYLE_TRAIN = dict(LIBRARY_DEFAULTS, schedule="alternating", encoder_epochs=3, decoder_epochs=1,
                           kl_weight_per_item=0.005, learning_rate=5e-4, eval_every=4)
-# - `--model multvae`'s recipe with a second level (today's `--model hvae`): its encoder (one 600-wide tanh layer),
-#   logits linear in both levels, a standard normal top, every parameter every update, its anneal, cap and average.
+# - `--model multvae`'s recipe with a second level (today's `--model hvae` puts the composite prior on top): its
+#   encoder (one 600-wide tanh layer), logits linear in both levels, a standard normal top, every parameter every
+#   update, its anneal, cap and average.
 MV_2LEVEL = dict(encoder="mlp", encoder_layers=1, decoder_layers=0, prior="standard", init="glorot")
 MV_RECIPE = dict(MULTVAE_DEFAULT_TRAIN, schedule="joint", kl_weight_per_item=0.0, learning_rate=1e-3, eval_every=1)
 
@@ -151,8 +152,8 @@ GRIDS: dict[str, dict[str, tuple[dict, dict]]] = {
         # As many settings as Mult-VAE: the averaging rule of its default (500 updates, at most 4 epochs), where
         # `avg`'s fixed decay of 0.998 spans tens of epochs on the small sets.
         "avg-4ep": _recvae_style(average_updates=500),
-        # The one-level default's recipe with a second level (today's `--model hvae`), bottom-up; the ladder
-        # (Sonderby et al. 2016); gated layers.
+        # The one-level default's recipe with a second level (`--model hvae` from December 1 to 2), bottom-up; the
+        # ladder (Sonderby et al. 2016); gated layers.
         "mv-2level": (MV_2LEVEL, MV_RECIPE),
         "mv-2level-ladder": (dict(MV_2LEVEL, inference="ladder"), MV_RECIPE),
         "mv-2level-gated": (dict(MV_2LEVEL, gated=True), MV_RECIPE),

@@ -26,7 +26,6 @@ AVERAGE = dict(JOINT, learning_rate=3e-3, average_decay=0.998)
 # from both levels, beta_u = gamma |x_u|, alternating encoder and decoder epochs.
 # (benchmarks/accuracy.py's RecVAE-style base, with the fields that undo VAMP_GATED's.)
 RECVAE_TWO_LEVELS = dict(RECVAE_STYLE, latents=(200, 200), gated=False, logvar_clip=None)
-RECVAE_TRAIN = RECVAE_STYLE_TRAIN
 
 # candidate -> (model fields over the `hvae` named model, train fields over its train settings); the winner,
 # recvae-2level, is `--model hvae-recvae` (and was `--model hvae` until the accuracy grid's `mv-2level` replaced it,
@@ -36,8 +35,8 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "vamp-gated-avg": (VAMP_GATED, AVERAGE),
     "standard-gated-avg": (dict(VAMP_GATED, prior="standard"), AVERAGE),
     "vamp-gated-avg-beta0.4": (VAMP_GATED, dict(AVERAGE, beta_cap=0.4)),
-    "recvae-2level": (RECVAE_TWO_LEVELS, RECVAE_TRAIN),
-    "recvae-2level-avg": (RECVAE_TWO_LEVELS, dict(RECVAE_TRAIN, average_decay=0.998)),
+    "recvae-2level": (RECVAE_TWO_LEVELS, RECVAE_STYLE_TRAIN),
+    "recvae-2level-avg": (RECVAE_TWO_LEVELS, dict(RECVAE_STYLE_TRAIN, average_decay=0.998)),
 }
 
 

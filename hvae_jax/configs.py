@@ -446,8 +446,8 @@ MULTVAE_TRAIN = (*SCALED_TRAIN, ("max_anneal_steps", 3000), ("beta_cap", 0.4), (
 # layer, p(z_1 | z_2) through one more, RecVAE's composite prior on z_2 (its snapshot: the encoder as each epoch
 # starts), logits linear in both levels, and Mult-VAE's training. Chosen on validation NDCG@100 among the hierarchy's
 # fourteen settings of benchmarks/accuracy.py (`mv-2level-composite`): the best mean ratio to the chosen Mult-VAE
-# over ml-1m, Last.fm and ml-latest-small (1.0168; the same model with a standard normal top, `--model hvae` until
-# December 2026: 1.0139), in about a fifth of `hvae-recvae`'s training time on ml-1m (README "The hierarchy").
+# over ml-1m, Last.fm and ml-latest-small (1.0168; the same model with a standard normal top, `--model hvae` from
+# December 1 to 2, 2026: 1.0139), in about a fifth of `hvae-recvae`'s training time on ml-1m (README "The hierarchy").
 HVAE = VAEConfig(name="hvae", latents=(200, 200), decoder_layers=0, prior="composite")
 HVAE_TRAIN = MULTVAE_TRAIN
 

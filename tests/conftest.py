@@ -18,8 +18,8 @@ Compilation, not execution, is most of the suite's time: a `fit` of a 16-wide mo
 10 s in XLA's CPU backend. The suite therefore compiles at XLA's backend optimisation level 0 (LLVM's -O0: the same
 HLO, the same operations in the same order, less machine-code optimisation; XLA's default is 3), which took that
 `fit` to 6.5 s. On the idle 2-core machine, one run after the other, tests/test_parallel.py and tests/test_train.py
-took 345 s at level 3 and 224 s at level 0, and the whole suite 813 s at level 0 (the last clean-clone CI run at level
-3: 1,118 s). The flag goes into XLA_FLAGS before JAX creates its backend, so subprocesses that the tests start
+took 345 s at level 3 and 224 s at level 0; clean-clone CI runs of the whole suite took 1,118 s at level 3 and 859 s
+at level 0. The flag goes into XLA_FLAGS before JAX creates its backend, so subprocesses that the tests start
 inherit it; a level already in XLA_FLAGS is kept (`XLA_FLAGS=--xla_backend_optimization_level=3 pytest` runs the
 suite as users' programs compile). Benchmarks outside the tests never run under it.
 """

@@ -170,7 +170,8 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent(
 def test_data_parallel_on_four_forced_devices_equals_one_device(tmp_path):
     import json
 
-    env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags("--xla_force_host_platform_device_count=4"), JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags("--xla_force_host_platform_device_count=4"),
+               JAX_PLATFORMS="cpu")
     completed = subprocess.run(
         [sys.executable, "-c", DATA_PARALLEL_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
         timeout=300,
