@@ -452,7 +452,8 @@ def cmd_table(args) -> None:
                 rows.append(row)
     table = markdown(rows)
     print(table)
-    choice = default_choice("hvae", args.choose_on.split(",")) if "hvae" in models else []
+    choose_on = args.choose_on.split(",")
+    choice = default_choice("hvae", choose_on) if "hvae" in models else []
     for score in choice:
         print(f"hvae {score['tag']}: mean validation NDCG@100 ratio to the chosen multvae {score['mean_ratio']:.4f} ("
               + ", ".join(f"{d} {r:.4f}" for d, r in score["valid_ratio_to_multvae"].items()) + ")")
@@ -462,7 +463,7 @@ def cmd_table(args) -> None:
         out.with_suffix(".json").write_text(json.dumps({"date": datetime.date.today().isoformat(), "seeds": SEEDS,
                                                         "budget": BUDGET, "grids": GRIDS, "rows": rows,
                                                         "hvae_default_choice": choice,
-                                                        "hvae_default_chosen_on": args.choose_on.split(",")},
+                                                        "hvae_default_chosen_on": choose_on},
                                                        indent=1))
         out.with_suffix(".md").write_text(table + "\n")
 
