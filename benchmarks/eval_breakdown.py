@@ -1,6 +1,7 @@
 """Where an evaluation step's time goes at one shape: the logits, the top-K selection, and the alternatives tried for
-the selection (splitting the batch, `approx_max_k`, the sparse first layer), beside `torch.topk` on one and two
-threads. Medians of interleaved calls in one process, written as JSON.
+the selection (splitting the batch, `approx_max_k`, `hvae_jax.ranking`'s host top-K, the sparse first layer), beside
+`torch.topk` on one and two threads; and whole `evaluate` calls with XLA's and the host's top-K alternated. Medians of
+interleaved calls in one process, written as JSON.
 
   python -m benchmarks.eval_breakdown --shape ml-1m --batch-sizes 500,4840
 
@@ -11,6 +12,7 @@ against PyTorch").
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -44,6 +46,7 @@ def step_parts(model: str, shape_name: str, batch_size: int, k: int, repeats: in
 
     from benchmarks.runners import model_config, train_config
     from benchmarks.synthetic_shapes import SHAPES, make_shape
+    from hvae_jax import ranking
     from hvae_jax.evaluate import model_scorer
     from hvae_jax.train import TrainSetup
 
@@ -66,11 +69,19 @@ def step_parts(model: str, shape_name: str, batch_size: int, k: int, repeats: in
     top_k_fn = jax.jit(lambda values: jax.lax.top_k(values, k))
     split2_fn = jax.jit(lambda values: split_top_k(values, 2))
     approx_fn = jax.jit(lambda values: jax.lax.approx_max_k(values, k, recall_target=1.0))
+    with host_top_k_forced(True):
+        scored_host_fn = jax.jit(
+            lambda p, rows: ranking.top_k(jnp.where(rows > 0, -jnp.inf, logits_of(p, rows)), k)).lower(
+            params, x).compile()
+        host_fn = jax.jit(lambda values: ranking.top_k(values, k)).lower(logits).compile()
+    np.testing.assert_array_equal(np.asarray(host_fn(logits)[1]), np.asarray(top_k_fn(logits)[1]))
     block = jax.block_until_ready
     functions = {
         "logits": lambda: block(logits_fn(params, x)),
         "logits_and_top_k": lambda: block(scored_fn(params, x)),
+        "logits_and_host_top_k": lambda: block(scored_host_fn(params, x)),
         "top_k": lambda: block(top_k_fn(logits)),
+        "host_top_k": lambda: block(host_fn(logits)),
         "approx_max_k": lambda: block(approx_fn(logits)),
     }
     if batch_size % 2 == 0:  # two equal halves
@@ -88,8 +99,68 @@ def step_parts(model: str, shape_name: str, batch_size: int, k: int, repeats: in
     except ImportError:
         pass
     times["top_k_share_of_step"] = round(times["top_k"] / times["logits_and_top_k"], 3)
+    times["step_lax_over_host_top_k"] = round(times["logits_and_top_k"] / times["logits_and_host_top_k"], 3)
     return {"model": model, "shape": shape_name, "batch_size": batch_size, "n_items": int(train.shape[1]),
             "k": k, "milliseconds": times, "jax_backend": jax.default_backend()}
+
+
+@contextlib.contextmanager
+def host_top_k_forced(on: bool):
+    """`ranking.top_k` on the host (where it can run at all) or never, for what is traced inside."""
+    from hvae_jax import ranking
+
+    before = ranking.HOST_TOP_K_MIN_ELEMENTS, ranking.HOST_TOP_K_MAX_ITEMS
+    ranking.HOST_TOP_K_MIN_ELEMENTS, ranking.HOST_TOP_K_MAX_ITEMS = (0, 1 << 62) if on else (1 << 62, 0)
+    try:
+        yield
+    finally:
+        ranking.HOST_TOP_K_MIN_ELEMENTS, ranking.HOST_TOP_K_MAX_ITEMS = before
+
+
+def _alternated(calls: dict, pairs: int) -> dict[str, list[float]]:
+    """Seconds of each zero-argument call per pair, the order swapped every other pair."""
+    names = list(calls)
+    seconds = {name: [] for name in names}
+    for pair in range(pairs):
+        for name in (names if pair % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            calls[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def top_k_paths_pairs(model: str, shape_name: str, batch_size: int, n_users: int, pairs: int) -> dict:
+    """The whole `evaluate` call with XLA's top-K and with the host's (`hvae_jax.ranking`), alternated; per-pair
+    time ratios, and the metrics of both (which must be identical)."""
+    import jax
+
+    from benchmarks.runners import model_config, train_config
+    from benchmarks.synthetic_shapes import SHAPES, make_shape, split_heldout
+    from hvae_jax.data.splits import EvalSet
+    from hvae_jax.evaluate import evaluate
+    from hvae_jax.train import TrainSetup
+
+    shape = SHAPES[shape_name]
+    train = make_shape(shape, seed=1, n_users=min(shape.n_users, 5000))
+    fold_in, heldout = split_heldout(make_shape(shape, seed=3, n_users=n_users), seed=0)
+    eval_set = EvalSet(fold_in, heldout, fold_in, np.arange(n_users).astype(str))
+    setup = TrainSetup.build(model_config(model), train_config(model, batch_size), train)
+    params = setup.init_state().params
+    steps, summaries = {}, {}
+    for name, on in (("xla", False), ("host", True)):
+        steps[name] = setup.path.eval_step((20, 50, 100))
+        with host_top_k_forced(on):  # traced (and cached) on the first call
+            summaries[name] = evaluate(steps[name], params, eval_set, batch_size=batch_size)
+    identical = all(np.array_equal(summaries["xla"][key], summaries["host"][key]) for key in summaries["xla"])
+    seconds = _alternated({name: lambda step=step: jax.block_until_ready(
+        evaluate(step, params, eval_set, batch_size=batch_size)) for name, step in steps.items()}, pairs)
+    ratios = [x / h for x, h in zip(seconds["xla"], seconds["host"])]
+    return {"model": model, "shape": shape_name, "batch_size": batch_size, "n_users": n_users,
+            "users_per_second": {name: n_users / statistics.median(values) for name, values in seconds.items()},
+            "xla_over_host_time": {"median": statistics.median(ratios),
+                                   "quartiles": statistics.quantiles(ratios, n=4) if pairs > 1 else None,
+                                   "pairs": pairs},
+            "metrics_identical": identical}
 
 
 def input_paths_pairs(model: str, shape_name: str, batch_size: int, n_users: int, pairs: int) -> dict:
@@ -135,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shape", default="ml-1m")
     parser.add_argument("--batch-sizes", default="500,4840")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--pairs", type=int, default=9, help="dense/sparse evaluate() pairs (0: skip)")
+    parser.add_argument("--pairs", type=int, default=9,
+                        help="evaluate() pairs, dense/sparse input and XLA/host top-K (0: skip)")
     parser.add_argument("--eval-users", type=int, default=2000)
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS_DIR / "eval-breakdown-cpu-2core.json")
     args = parser.parse_args(argv)
@@ -146,6 +218,11 @@ def main(argv: list[str] | None = None) -> dict:
         results["steps"].append(step_parts(args.model, args.shape, batch_size, 100, args.repeats))
         print(json.dumps(results["steps"][-1]), flush=True)
     if args.pairs:
+        results["top_k_paths"] = [top_k_paths_pairs(args.model, args.shape, batch_size, max(args.eval_users, batch_size),
+                                                    args.pairs)
+                                  for batch_size in batches]
+        for row in results["top_k_paths"]:
+            print(json.dumps(row), flush=True)
         results["input_paths"] = input_paths_pairs(args.model, args.shape, batches[0], args.eval_users, args.pairs)
         print(json.dumps(results["input_paths"]), flush=True)
     results["load_average_after"] = list(os.getloadavg())

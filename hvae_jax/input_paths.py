@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hvae_jax import metrics, parallel
+from hvae_jax import metrics, parallel, ranking
 from hvae_jax.data.batches import BatchSlots, DeviceCSR, batch_slots, densify, max_batch_nnz, to_device
 from hvae_jax.data.splits import EvalSet
 from hvae_jax.evaluate import DEFAULT_KS, make_eval_step, model_scorer
@@ -128,7 +128,7 @@ class InputPath:
         """([batch, k] scores, [batch, k] items) of dense fold-in rows [batch, n_items], fold-in items excluded."""
         logits = model_scorer(self.model, params)(pad_columns(fold_in, self.model.n_items), side)
         logits = logits[:, : fold_in.shape[1]]  # padding items (item-sharded runs) are never recommended
-        return jax.lax.top_k(jnp.where(fold_in > 0, -jnp.inf, logits), k)
+        return ranking.top_k(jnp.where(fold_in > 0, -jnp.inf, logits), k)
 
     def means_of_rows(self, params, rows: jax.Array, fold_in: DeviceCSR, side, bound: int):
         """Posterior means per level (bottom first), [batch, d_l] each, of the fold-in rows `rows` (-1 pads)."""

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hvae_jax import ranking
+
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50, 100)
 
 # Keys of the per-user dict that are bookkeeping rather than metrics to average.
@@ -60,28 +62,15 @@ def _metrics_from_hits(
     return per_user
 
 
-def _metrics_one_user(
-    scores: jax.Array, heldout: jax.Array, exclude: jax.Array, ks: tuple[int, ...]
-) -> dict[str, jax.Array]:
-    """Metrics of one user; `ranking_metrics` vmaps this over the batch.
+def _hits_of_batch(scores: jax.Array, heldout: jax.Array, exclude: jax.Array, k_max: int) -> jax.Array:
+    """[batch, k_max] bool, in rank order: whether the item each user got at rank r is held out.
 
-    Args:
-      scores: [n_items] float scores, higher is better.
-      heldout: [n_items] bool, the held-out positives.
-      exclude: [n_items] bool, items that may not be recommended (the fold-in items).
-      ks: cut-offs, static.
-
-    Returns:
-      Scalars `ndcg@K`, `recall@K`, `recall_all@K` (float32) for each K and `n_heldout` (int32).
+    Each row is ranked after its excluded items are set to -inf (`ranking.top_k`: `lax.top_k`'s result, ranked on
+    the host's cores on the CPU backend). An excluded item reaches the top K only when fewer than K items are left to
+    rank (its score is -inf); it fills a slot but never counts as a hit, even if the caller also marked it held out.
     """
-    n_items = scores.shape[0]
-    k_max = min(max(ks), n_items)
-    masked_scores = jnp.where(exclude, -jnp.inf, scores)
-    _, top_items = jax.lax.top_k(masked_scores, k_max)
-    # An excluded item reaches the top K only when fewer than K items are left to rank (its score is -inf);
-    # it fills a slot but must never count as a hit, even if the caller also marked it held out.
-    hits = (heldout & ~exclude)[top_items]  # [k_max], in rank order
-    return _metrics_from_hits(hits, jnp.sum(heldout, dtype=jnp.int32), n_items, ks)
+    _, top_items = ranking.top_k(jnp.where(exclude, -jnp.inf, scores), k_max)
+    return jnp.take_along_axis(heldout & ~exclude, top_items, axis=1)
 
 
 def _with_valid(per_user: dict[str, jax.Array], valid: jax.Array | None, batch: int) -> dict[str, jax.Array]:
@@ -130,11 +119,11 @@ def ranking_metrics(
     ks: Sequence[int] = DEFAULT_KS,
     valid: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
-    """Per-user NDCG@K and Recall@K of a batch of score rows, ranking on the device.
+    """Per-user NDCG@K and Recall@K of a batch of score rows.
 
-    Each row is ranked after its excluded items are set to -inf, with `jax.lax.top_k` at K_max = min(max(ks),
-    n_items); a K above n_items is clipped to n_items (the key keeps the requested K). Ties in score are broken
-    towards the lower item index (what `lax.top_k` does), so with equal scores item 3 is ranked above item 7.
+    Each row is ranked after its excluded items are set to -inf, with `ranking.top_k` (`jax.lax.top_k`'s result;
+    on the CPU backend computed on the host's cores) at K_max = min(max(ks), n_items); a K above n_items is clipped
+    to n_items (the key keeps the requested K). Ties in score are broken towards the lower item index (what `lax.top_k` does), so with equal scores item 3 is ranked above item 7.
     With r the 0-based rank, hit_r = 1 if the item at rank r is held out, H = n_heldout:
 
       ndcg@K       = sum_{r<K} hit_r / log2(r + 2)  /  sum_{r<min(K, H)} 1 / log2(r + 2)
@@ -174,9 +163,10 @@ def ranking_metrics(
     if not jnp.issubdtype(scores.dtype, jnp.floating):
         scores = scores.astype(jnp.float32)
     # astype(bool) rather than `> 0` so that bool and 0/1 float inputs give the same masks.
-    per_user = jax.vmap(functools.partial(_metrics_one_user, ks=ks))(
-        scores, heldout.astype(bool), exclude.astype(bool)
-    )
+    n_items = scores.shape[1]
+    hits = _hits_of_batch(scores, heldout.astype(bool), exclude.astype(bool), min(max(ks), n_items))
+    per_user = jax.vmap(functools.partial(_metrics_from_hits, n_items=n_items, ks=ks))(
+        hits, jnp.sum(heldout.astype(bool), axis=1, dtype=jnp.int32))
     return _with_valid(per_user, valid, scores.shape[0])
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
+from hvae_jax import ranking
 from hvae_jax.checkpoint import Checkpoints, abstract_like
 from hvae_jax.configs import NEURAL_KINDS, model_config_from_dict
 from hvae_jax.data import sources
@@ -74,7 +75,7 @@ def _make_top_k(score_fn: ScoreFn) -> Callable:
     def top_k(state, x, side, *, k: int):
         scores = score_fn(state, x, side)
         scores = jnp.where(x > 0, -jnp.inf, scores)
-        return jax.lax.top_k(scores, k)
+        return ranking.top_k(scores, k)
 
     return jax.jit(top_k, static_argnames="k")
 

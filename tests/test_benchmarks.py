@@ -211,9 +211,13 @@ def test_eval_breakdown_times_every_part_and_both_input_paths_score_alike():
 
     parts = eval_breakdown.step_parts("multvae", "ml-1m", 50, 100, repeats=1)
     times = parts["milliseconds"]
-    for name in ("logits", "logits_and_top_k", "top_k", "top_k_batch_split_in_2", "approx_max_k"):
+    for name in ("logits", "logits_and_top_k", "logits_and_host_top_k", "top_k", "host_top_k",
+                 "top_k_batch_split_in_2", "approx_max_k"):
         assert math.isfinite(times[name]) and times[name] > 0, name
     assert 0 < times["top_k_share_of_step"] == round(times["top_k"] / times["logits_and_top_k"], 3)
+    top_k = eval_breakdown.top_k_paths_pairs("multvae", "ml-1m", 50, 100, pairs=1)
+    # The host's top-K is XLA's, so every metric of every user is the same.
+    assert top_k["metrics_identical"] is True and set(top_k["users_per_second"]) == {"xla", "host"}
     pairs = eval_breakdown.input_paths_pairs("multvae", "ml-1m", 50, 100, pairs=1)
     ndcg = pairs["ndcg@100_of_untrained_model"]
     # No dropout in evaluation: the dense and the sparse first layer give the same scores up to summation order.
