@@ -3,7 +3,7 @@ the selection (splitting the batch, `approx_max_k`, `hvae_jax.ranking`'s host to
 `torch.topk` on one and two threads; and whole `evaluate` calls with XLA's and the host's top-K alternated. Medians of
 interleaved calls in one process, written as JSON.
 
-  python -m benchmarks.eval_breakdown --shape ml-1m --batch-sizes 500,4840
+  python -m benchmarks.eval_breakdown --shape ml-1m --batch-sizes 500,4840 [--densities 20,60,130,260,500]
 
 The question it answers: why JAX's ML-1M evaluation rows trail the optimised PyTorch's on a CPU (README, "Throughput
 against PyTorch").
@@ -163,8 +163,12 @@ def top_k_paths_pairs(model: str, shape_name: str, batch_size: int, n_users: int
             "metrics_identical": identical}
 
 
-def input_paths_pairs(model: str, shape_name: str, batch_size: int, n_users: int, pairs: int) -> dict:
-    """The whole `evaluate` call with the dense and the sparse first layer, alternated; per-pair time ratios."""
+def input_paths_pairs(model: str, shape_name: str, batch_size: int, n_users: int, pairs: int,
+                      items_per_user: float | None = None) -> dict:
+    """The whole `evaluate` call with the dense and the sparse first layer, alternated; per-pair time ratios. With
+    `items_per_user`, the shape's catalogue with users that hold that many items on average (another density)."""
+    import dataclasses
+
     import jax
 
     from benchmarks.runners import model_config, train_config
@@ -175,6 +179,9 @@ def input_paths_pairs(model: str, shape_name: str, batch_size: int, n_users: int
     from hvae_jax.train import TrainSetup
 
     shape = SHAPES[shape_name]
+    if items_per_user is not None:
+        shape = dataclasses.replace(shape, name=f"{shape_name}-{items_per_user:g}-per-user",
+                                    mean_items_per_user=items_per_user)
     train = make_shape(shape, seed=1, n_users=min(shape.n_users, 5000))
     fold_in, heldout = split_heldout(make_shape(shape, seed=3, n_users=n_users), seed=0)
     eval_set = EvalSet(fold_in, heldout, fold_in, np.arange(n_users).astype(str))
@@ -191,7 +198,7 @@ def input_paths_pairs(model: str, shape_name: str, batch_size: int, n_users: int
             jax.block_until_ready(evaluate(steps[name], params, eval_set, batch_size=batch_size))
             seconds[name].append(time.perf_counter() - start)
     ratios = [d / s for d, s in zip(seconds["dense"], seconds["sparse"])]
-    return {"model": model, "shape": shape_name, "batch_size": batch_size, "n_users": n_users,
+    return {"model": model, "shape": shape.name, "batch_size": batch_size, "n_users": n_users,
             "fold_in_density": fold_in.nnz / (fold_in.shape[0] * fold_in.shape[1]),
             "users_per_second": {name: n_users / statistics.median(values) for name, values in seconds.items()},
             "dense_over_sparse_time": {"median": statistics.median(ratios),
@@ -209,6 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pairs", type=int, default=9,
                         help="evaluate() pairs, dense/sparse input and XLA/host top-K (0: skip)")
     parser.add_argument("--eval-users", type=int, default=2000)
+    parser.add_argument("--densities", default="",
+                        help="mean items per user, comma-separated: dense/sparse evaluate() pairs at each (the "
+                             "crossover behind input_paths.EVAL_SPARSE_BELOW_DENSITY; e.g. 20,60,130,260,500)")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS_DIR / "eval-breakdown-cpu-2core.json")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batch_sizes.split(",")]
@@ -225,6 +235,13 @@ def main(argv: list[str] | None = None) -> dict:
             print(json.dumps(row), flush=True)
         results["input_paths"] = input_paths_pairs(args.model, args.shape, batches[0], args.eval_users, args.pairs)
         print(json.dumps(results["input_paths"]), flush=True)
+    if args.densities:
+        results["input_paths_by_density"] = []
+        for items_per_user in (float(value) for value in args.densities.split(",")):
+            row = input_paths_pairs(args.model, args.shape, batches[0], args.eval_users, args.pairs or 7,
+                                    items_per_user)
+            results["input_paths_by_density"].append(row)
+            print(json.dumps(row), flush=True)
     results["load_average_after"] = list(os.getloadavg())
     write_results(args.out, results)
     print(f"written {args.out}")

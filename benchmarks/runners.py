@@ -356,8 +356,8 @@ def _run_jax_eval(spec: RunSpec, setup) -> Measurement:
         _median_rate(seconds, n_users), seconds, max(first_call - statistics.median(seconds), 0.0), n_users,
         notes=["hvae_jax.evaluate.evaluate (the whole call: CSR to the device, per batch densify + scores + top-100 "
                "+ metrics, summary); compile_seconds = first call - median call",
-               f"jax eval input_path: {setup.path.name} (as fit resolves 'auto')"],
-        extra={"input_path": setup.path.name},
+               f"jax eval input_path: {setup.path.eval_name} (as fit resolves 'auto')"],
+        extra={"input_path": setup.path.eval_name},
     )
 
 

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hvae_jax import metrics
-from hvae_jax.data.batches import (batch_slots, densify, host_dense_rows, max_batch_nnz, power_of_two_at_least,
-                                    to_device)
+from hvae_jax.data.batches import (batch_slots, densify, densify_mask, host_dense_rows, max_batch_nnz,
+                                    power_of_two_at_least, to_device)
 from hvae_jax.data.splits import EvalSet
 from hvae_jax.models import sparse as sparse_layer
 
@@ -59,8 +59,8 @@ def make_eval_step(score_fn: Callable, ks: Sequence[int], fold_in_as_slots: bool
             fold_in_rows = batch_slots(fold_in, rows, sparse_layer.padded_slots(bounds[0]))
         else:
             fold_in_rows = densify(fold_in, rows, n_items, bounds[0])
-        exclude_rows = densify(exclude, rows, n_items, bounds[1])
-        heldout_rows = densify(heldout, rows, n_items, bounds[2])
+        exclude_rows = densify_mask(exclude, rows, n_items, bounds[1])
+        heldout_rows = densify_mask(heldout, rows, n_items, bounds[2])
         side_rows = None if side is None else side[jnp.maximum(rows, 0)]
         scores = score_fn(state, fold_in_rows, side_rows)
         return metrics.ranking_metrics(scores, heldout_rows, exclude_rows, ks, valid=rows >= 0)

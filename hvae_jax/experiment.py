@@ -507,7 +507,7 @@ def _neural_results(settings: RunSettings, model_config, train_config: TrainConf
                     fitted: FitResult, *, log) -> dict:
     """The best parameters' validation and test metrics, the run's epochs and timing, the latent diagnostics and
     the importance-weighted bound, and popularity's metrics beside them."""
-    results: dict = {"input_path": fitted.path.name}
+    results: dict = {"input_path": fitted.path.name, "eval_input_path": fitted.path.eval_name}
     if fitted.catalogue is not None:
         # The model is built at the padded size; re-evaluation and recommendations rebuild it from this.
         layout = fitted.catalogue.layout

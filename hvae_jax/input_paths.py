@@ -85,6 +85,11 @@ class InputPath:
     def n_slots(self) -> int:
         return self.max_nnz
 
+    @property
+    def eval_name(self) -> str:
+        """The input path of `eval_step`'s first layer."""
+        return self.name
+
     # -- training -------------------------------------------------------------------------------------------------
 
     def loss_of_rows(
@@ -168,9 +173,11 @@ def pad_columns(x: jax.Array, width: int) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DensePath(InputPath):
-    """Dense [batch, n_items] rows, built on the device from the CSR slots."""
+    """Dense [batch, n_items] rows, built on the device from the CSR slots. With `sparse_evaluation` the evaluation
+    step scores through the sparse first layer instead (no dropout there: the same scores up to summation order)."""
 
     name: ClassVar[str] = "dense"
+    sparse_evaluation: bool = False
 
     def user_terms(self, params, snapshot, slots, side, user_keys, prior_state, *, key, dropout):
         del key
@@ -182,7 +189,13 @@ class DensePath(InputPath):
                               dropout=dropout)
 
     def eval_step(self, ks=DEFAULT_KS):
+        if self.sparse_evaluation:
+            return SparsePath(self.model, self.train, self.max_nnz).eval_step(ks)
         return make_eval_step(lambda params, fold_in, side: model_scorer(self.model, params)(fold_in, side), ks)
+
+    @property
+    def eval_name(self) -> str:
+        return "sparse" if self.sparse_evaluation else self.name
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -333,14 +346,23 @@ def _hits(scores: jax.Array, items: jax.Array, heldout: BatchSlots) -> jax.Array
 
 
 SPARSE_BELOW_DENSITY = 0.01
+# Evaluation has no dropout, so there the two paths give the same scores up to summation order and only cost decides.
+# Whole `evaluate` calls at the ML-1M catalogue on this project's 2-core CPU (`python -m benchmarks.eval_breakdown
+# --densities 20,60,130,260,500`, benchmarks/results/eval-breakdown-cpu-2core-2026-12-01.json, medians of 9 alternated
+# pairs), dense / sparse time: 1.36 at a fold-in density of 0.45%, 1.24 at 1.3%, 1.18 at 2.8%, 1.00 at 3.5% (the ML-1M
+# shape), 0.98 at 5.4%, 0.71 at 9.4%. The fold-in holds 80% of a user's items: the crossover, 3.5-5% of the fold-in,
+# is 4.5-6% of the training matrix. A GPU, where the dense matmul gains more, is unmeasured.
+EVAL_SPARSE_BELOW_DENSITY = 0.05
 
 
-def choose_path_name(train, matrix) -> str:
-    """"dense" or "sparse" for `train.input_path`, deciding "auto" from the training matrix's density."""
+def choose_path_name(train, matrix, phase: str = "train") -> str:
+    """"dense" or "sparse" for `train.input_path` in `phase` ("train" or "eval"), deciding "auto" from the training
+    matrix's density against the phase's crossover."""
     if train.input_path != "auto":
         return train.input_path
     density = matrix.nnz / max(1, matrix.shape[0] * matrix.shape[1])
-    return "sparse" if density < SPARSE_BELOW_DENSITY else "dense"
+    threshold = {"train": SPARSE_BELOW_DENSITY, "eval": EVAL_SPARSE_BELOW_DENSITY}[phase]
+    return "sparse" if density < threshold else "dense"
 
 
 def resolve(
@@ -367,7 +389,9 @@ def resolve(
     name = choose_path_name(train, matrix)
     if name == "sparse":
         return SparsePath(model, train, max_nnz, mesh)
-    return DensePath(model, train, max_nnz, mesh)
+    # The sparse path has no data-parallel mesh: with one, evaluation stays dense too.
+    sparse_evaluation = mesh is None and choose_path_name(train, matrix, "eval") == "sparse"
+    return DensePath(model, train, max_nnz, mesh, sparse_evaluation)
 
 
 def neural_eval_step(model: nn.Module, ks: Sequence[int] = DEFAULT_KS, input_path: str = "dense"):
@@ -385,4 +409,6 @@ def describe(path: InputPath) -> str:
         layout = path.catalogue.layout
         return (f"item-sharded catalogue: {layout.n_items} items padded to {layout.n_padded}, {layout.n_shards} "
                 f"devices x {layout.chunks_per_shard} chunks of {layout.chunk}")
+    if path.eval_name != path.name:
+        return f"input path: {path.name} (evaluation: {path.eval_name}, no dropout there)"
     return f"input path: {path.name}"

@@ -55,6 +55,22 @@ def test_densify_equals_scipy_row_slicing(seed):
         np.testing.assert_array_equal(np.asarray(got), want)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_densify_mask_is_densify_as_bool(seed):
+    matrix = random_csr(seed)
+    device_matrix = batches.to_device(matrix)
+    rows = np.random.default_rng(seed).choice(matrix.shape[0], size=8, replace=False).astype(np.int32)
+    rows[[1, 5]] = -1
+    for bound in (batches.max_batch_nnz(matrix, 8), batches.max_batch_nnz(matrix, 8) + 9):
+        got = jax.jit(lambda m, r, bound=bound: batches.densify_mask(m, r, matrix.shape[1], bound))(
+            device_matrix, jnp.asarray(rows))
+        assert got.dtype == jnp.bool_
+        np.testing.assert_array_equal(np.asarray(got), reference_rows(matrix, rows) > 0)
+    empty = sp.csr_matrix((5, 7), dtype=np.float32)
+    got = batches.densify_mask(batches.to_device(empty), jnp.asarray([0, -1, 3], jnp.int32), 7, 1)
+    np.testing.assert_array_equal(np.asarray(got), np.zeros((3, 7), bool))
+
+
 def test_densify_of_a_whole_epoch_reassembles_the_matrix():
     matrix = random_csr(7, n_rows=29)
     batch = 8

@@ -223,6 +223,8 @@ def test_eval_breakdown_times_every_part_and_both_input_paths_score_alike():
     # No dropout in evaluation: the dense and the sparse first layer give the same scores up to summation order.
     assert ndcg["dense"] == pytest.approx(ndcg["sparse"], abs=1e-6) and ndcg["dense"] > 0
     assert pairs["dense_over_sparse_time"]["pairs"] == 1 and len(pairs["users_per_second"]) == 2
+    sparser = eval_breakdown.input_paths_pairs("multvae", "ml-1m", 50, 100, pairs=1, items_per_user=20)
+    assert sparser["shape"] == "ml-1m-20-per-user" and sparser["fold_in_density"] < pairs["fold_in_density"] / 3
 
 
 @pytest.mark.usefixtures("standard_dtype_promotion")  # optax's Adam (see conftest)

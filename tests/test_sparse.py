@@ -11,6 +11,7 @@ from hvae_jax.configs import VAEConfig as ModelConfig
 from hvae_jax.data.batches import batch_slots, max_batch_nnz, to_device
 from hvae_jax.data.splits import EvalSet
 from hvae_jax.evaluate import evaluate
+from hvae_jax import input_paths
 from hvae_jax.input_paths import choose_path_name, neural_eval_step
 from hvae_jax.models import sparse as sparse_layer
 from hvae_jax.models.hvae import build_model, init_params
@@ -91,6 +92,22 @@ def test_auto_input_path_follows_density():
     assert choose_path_name(TrainConfig(), _matrix(density=0.005)) == "sparse"
     assert choose_path_name(TrainConfig(), _matrix(density=0.05)) == "dense"
     assert choose_path_name(TrainConfig(input_path="dense"), _matrix(density=0.005)) == "dense"
+    # Evaluation's crossover is higher (no dropout there, only cost decides).
+    assert choose_path_name(TrainConfig(), _matrix(density=0.03), "eval") == "sparse"
+    assert choose_path_name(TrainConfig(), _matrix(density=0.2), "eval") == "dense"
+    assert choose_path_name(TrainConfig(input_path="dense"), _matrix(density=0.03), "eval") == "dense"
+
+
+def test_dense_training_evaluates_sparse_between_the_crossovers():
+    config = ModelConfig(latents=(8,), hidden=16)
+    between = input_paths.resolve(config, TrainConfig(), _matrix(density=0.03))
+    assert (between.name, between.eval_name) == ("dense", "sparse")
+    assert "evaluation: sparse" in input_paths.describe(between)
+    forced = input_paths.resolve(config, TrainConfig(input_path="dense"), _matrix(density=0.03))
+    assert (forced.name, forced.eval_name) == ("dense", "dense")
+    # The sparse path takes no data-parallel mesh: with one, evaluation stays dense.
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("batch",))
+    assert input_paths.resolve(config, TrainConfig(), _matrix(density=0.03), mesh=mesh).eval_name == "dense"
 
 
 @pytest.mark.parametrize("config", [ModelConfig(latents=(8,), hidden=16), DAEConfig(latents=(8,)),

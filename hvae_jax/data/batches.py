@@ -104,6 +104,16 @@ def densify(matrix: DeviceCSR, rows: jax.Array, n_items: int, max_nnz: int) -> j
     return dense.at[slots.row, slots.item].add(slots.is_real.astype(jnp.float32))
 
 
+def densify_mask(matrix: DeviceCSR, rows: jax.Array, n_items: int, max_nnz: int) -> jax.Array:
+    """Dense [batch, n_items] bool rows of `matrix` (True at its entries), as `densify` without the float32 array: a
+    quarter of its bytes to clear and write (evaluation's exclusion and held-out masks)."""
+    slots = batch_slots(matrix, rows, max_nnz)
+    batch = rows.shape[0]
+    mask = jnp.zeros((batch, n_items), bool)
+    # Padding slots point past the last row and are dropped.
+    return mask.at[jnp.where(slots.is_real, slots.row, batch), slots.item].set(True, mode="drop")
+
+
 def host_dense_rows(matrix: sp.csr_matrix, start: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows [start, start + batch_size) of `matrix` as a dense float32 array padded with zero rows to `batch_size`,
     and a [batch_size] bool mask of real rows. Used for evaluation sets, which are small."""
