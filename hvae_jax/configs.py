@@ -293,7 +293,8 @@ class TrainConfig:
       input_path: "dense" multiplies the dense [batch, n_items] input by the first layer; "sparse" gathers and sums
         the kernel rows of each user's items (same maths, far fewer FLOPs on large catalogues; the dropout mask is
         drawn per interaction instead of per item of the catalogue, so the random stream differs); "auto" picks
-        by the estimated cost of the two on this data (`input_paths.resolve`).
+        by the training matrix's density against each phase's measured crossover (`input_paths.resolve`: sparse
+        training below 1%, sparse evaluation, which has no dropout, below 5%).
     """
 
     epochs: int | None = 100
