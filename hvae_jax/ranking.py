@@ -29,9 +29,10 @@ except ImportError:  # pragma: no cover - older jax
 
 # Below this many scores per call the callback's fixed cost outweighs the threads.
 HOST_TOP_K_MIN_ELEMENTS = 1 << 16
-# Above this many items per row introselect's pass over the row costs more than XLA's partial sort saves, even on two
-# cores (500 rows: 13 ms against 22 at 3,706 items, 21 against 32 at 12,000, 65 against 34 at 17,000).
-HOST_TOP_K_MAX_ITEMS = 12_000
+# Above this many items per row introselect's pass over the row costs about what XLA's partial sort does, even on two
+# cores. Top-100 of 500 rows in a jitted call on the project's 2-core CPU, XLA against the host: 21.2 against 10.5 ms
+# at 3,706 items, 39.3 / 18.2 at 12,000, 60.5 / 36.8 at 24,910, 70.5 / 59.9 at 40,000, 76.1 / 76.4 at 60,000.
+HOST_TOP_K_MAX_ITEMS = 40_000
 
 
 @functools.cache
