@@ -117,49 +117,60 @@ def host_top_k_forced(on: bool):
         ranking.HOST_TOP_K_MIN_ELEMENTS, ranking.HOST_TOP_K_MAX_ITEMS = before
 
 
-def _alternated(calls: dict, pairs: int) -> dict[str, list[float]]:
-    """Seconds of each zero-argument call per pair, the order swapped every other pair."""
-    names = list(calls)
+def _eval_fixture(model: str, shape, batch_size: int, n_users: int):
+    """(set-up, initial parameters, evaluation set) of `model` on synthetic data of `shape`: training users drawn with
+    seed 1, `n_users` evaluation users with seed 3 split into fold-in and held-out items."""
+    from benchmarks.runners import model_config, train_config
+    from benchmarks.synthetic_shapes import make_shape, split_heldout
+    from hvae_jax.data.splits import EvalSet
+    from hvae_jax.train import TrainSetup
+
+    train = make_shape(shape, seed=1, n_users=min(shape.n_users, 5000))
+    fold_in, heldout = split_heldout(make_shape(shape, seed=3, n_users=n_users), seed=0)
+    eval_set = EvalSet(fold_in, heldout, fold_in, np.arange(n_users).astype(str))
+    setup = TrainSetup.build(model_config(model), train_config(model, batch_size), train)
+    return setup, setup.init_state().params, eval_set
+
+
+def _alternated_evaluations(steps: dict, params, eval_set, batch_size: int, pairs: int) -> dict[str, list[float]]:
+    """Seconds of a whole `evaluate` call with each step per pair, the order swapped every other pair."""
+    import jax
+
+    from hvae_jax.evaluate import evaluate
+
+    names = list(steps)
     seconds = {name: [] for name in names}
     for pair in range(pairs):
         for name in (names if pair % 2 == 0 else names[::-1]):
             start = time.perf_counter()
-            calls[name]()
+            jax.block_until_ready(evaluate(steps[name], params, eval_set, batch_size=batch_size))
             seconds[name].append(time.perf_counter() - start)
     return seconds
+
+
+def _pair_ratios(seconds: dict[str, list[float]], numerator: str, denominator: str, pairs: int) -> dict:
+    ratios = [n / d for n, d in zip(seconds[numerator], seconds[denominator])]
+    return {"median": statistics.median(ratios),
+            "quartiles": statistics.quantiles(ratios, n=4) if pairs > 1 else None, "pairs": pairs}
 
 
 def top_k_paths_pairs(model: str, shape_name: str, batch_size: int, n_users: int, pairs: int) -> dict:
     """The whole `evaluate` call with XLA's top-K and with the host's (`hvae_jax.ranking`), alternated; per-pair
     time ratios, and the metrics of both (which must be identical)."""
-    import jax
-
-    from benchmarks.runners import model_config, train_config
-    from benchmarks.synthetic_shapes import SHAPES, make_shape, split_heldout
-    from hvae_jax.data.splits import EvalSet
+    from benchmarks.synthetic_shapes import SHAPES
     from hvae_jax.evaluate import evaluate
-    from hvae_jax.train import TrainSetup
 
-    shape = SHAPES[shape_name]
-    train = make_shape(shape, seed=1, n_users=min(shape.n_users, 5000))
-    fold_in, heldout = split_heldout(make_shape(shape, seed=3, n_users=n_users), seed=0)
-    eval_set = EvalSet(fold_in, heldout, fold_in, np.arange(n_users).astype(str))
-    setup = TrainSetup.build(model_config(model), train_config(model, batch_size), train)
-    params = setup.init_state().params
+    setup, params, eval_set = _eval_fixture(model, SHAPES[shape_name], batch_size, n_users)
     steps, summaries = {}, {}
     for name, on in (("xla", False), ("host", True)):
         steps[name] = setup.path.eval_step((20, 50, 100))
         with host_top_k_forced(on):  # traced (and cached) on the first call
             summaries[name] = evaluate(steps[name], params, eval_set, batch_size=batch_size)
     identical = all(np.array_equal(summaries["xla"][key], summaries["host"][key]) for key in summaries["xla"])
-    seconds = _alternated({name: lambda step=step: jax.block_until_ready(
-        evaluate(step, params, eval_set, batch_size=batch_size)) for name, step in steps.items()}, pairs)
-    ratios = [x / h for x, h in zip(seconds["xla"], seconds["host"])]
+    seconds = _alternated_evaluations(steps, params, eval_set, batch_size, pairs)
     return {"model": model, "shape": shape_name, "batch_size": batch_size, "n_users": n_users,
             "users_per_second": {name: n_users / statistics.median(values) for name, values in seconds.items()},
-            "xla_over_host_time": {"median": statistics.median(ratios),
-                                   "quartiles": statistics.quantiles(ratios, n=4) if pairs > 1 else None,
-                                   "pairs": pairs},
+            "xla_over_host_time": _pair_ratios(seconds, "xla", "host", pairs),
             "metrics_identical": identical}
 
 
@@ -169,41 +180,25 @@ def input_paths_pairs(model: str, shape_name: str, batch_size: int, n_users: int
     `items_per_user`, the shape's catalogue with users that hold that many items on average (another density)."""
     import dataclasses
 
-    import jax
-
-    from benchmarks.runners import model_config, train_config
-    from benchmarks.synthetic_shapes import SHAPES, make_shape, split_heldout
+    from benchmarks.synthetic_shapes import SHAPES
     from hvae_jax import input_paths
-    from hvae_jax.data.splits import EvalSet
     from hvae_jax.evaluate import evaluate
-    from hvae_jax.train import TrainSetup
 
     shape = SHAPES[shape_name]
     if items_per_user is not None:
         shape = dataclasses.replace(shape, name=f"{shape_name}-{items_per_user:g}-per-user",
                                     mean_items_per_user=items_per_user)
-    train = make_shape(shape, seed=1, n_users=min(shape.n_users, 5000))
-    fold_in, heldout = split_heldout(make_shape(shape, seed=3, n_users=n_users), seed=0)
-    eval_set = EvalSet(fold_in, heldout, fold_in, np.arange(n_users).astype(str))
-    setup = TrainSetup.build(model_config(model), train_config(model, batch_size), train)
-    params = setup.init_state().params
+    setup, params, eval_set = _eval_fixture(model, shape, batch_size, n_users)
     steps = {cls.name: cls(setup.path.model, setup.train, setup.path.max_nnz).eval_step((100,))
              for cls in (input_paths.DensePath, input_paths.SparsePath)}
     ndcg = {name: float(np.mean(evaluate(step, params, eval_set, batch_size=batch_size)["ndcg@100"]))
             for name, step in steps.items()}
-    seconds = {name: [] for name in steps}
-    for pair in range(pairs):
-        for name in (("dense", "sparse") if pair % 2 == 0 else ("sparse", "dense")):
-            start = time.perf_counter()
-            jax.block_until_ready(evaluate(steps[name], params, eval_set, batch_size=batch_size))
-            seconds[name].append(time.perf_counter() - start)
-    ratios = [d / s for d, s in zip(seconds["dense"], seconds["sparse"])]
+    seconds = _alternated_evaluations(steps, params, eval_set, batch_size, pairs)
+    fold_in = eval_set.fold_in
     return {"model": model, "shape": shape.name, "batch_size": batch_size, "n_users": n_users,
             "fold_in_density": fold_in.nnz / (fold_in.shape[0] * fold_in.shape[1]),
             "users_per_second": {name: n_users / statistics.median(values) for name, values in seconds.items()},
-            "dense_over_sparse_time": {"median": statistics.median(ratios),
-                                       "quartiles": statistics.quantiles(ratios, n=4) if pairs > 1 else None,
-                                       "pairs": pairs},
+            "dense_over_sparse_time": _pair_ratios(seconds, "dense", "sparse", pairs),
             "ndcg@100_of_untrained_model": ndcg}
 
 

@@ -123,7 +123,8 @@ def ranking_metrics(
 
     Each row is ranked after its excluded items are set to -inf, with `ranking.top_k` (`jax.lax.top_k`'s result;
     on the CPU backend computed on the host's cores) at K_max = min(max(ks), n_items); a K above n_items is clipped
-    to n_items (the key keeps the requested K). Ties in score are broken towards the lower item index (what `lax.top_k` does), so with equal scores item 3 is ranked above item 7.
+    to n_items (the key keeps the requested K). Ties in score are broken towards the lower item index (what
+    `lax.top_k` does), so with equal scores item 3 is ranked above item 7.
     With r the 0-based rank, hit_r = 1 if the item at rank r is held out, H = n_heldout:
 
       ndcg@K       = sum_{r<K} hit_r / log2(r + 2)  /  sum_{r<min(K, H)} 1 / log2(r + 2)
@@ -164,9 +165,10 @@ def ranking_metrics(
         scores = scores.astype(jnp.float32)
     # astype(bool) rather than `> 0` so that bool and 0/1 float inputs give the same masks.
     n_items = scores.shape[1]
-    hits = _hits_of_batch(scores, heldout.astype(bool), exclude.astype(bool), min(max(ks), n_items))
+    heldout = heldout.astype(bool)
+    hits = _hits_of_batch(scores, heldout, exclude.astype(bool), min(max(ks), n_items))
     per_user = jax.vmap(functools.partial(_metrics_from_hits, n_items=n_items, ks=ks))(
-        hits, jnp.sum(heldout.astype(bool), axis=1, dtype=jnp.int32))
+        hits, jnp.sum(heldout, axis=1, dtype=jnp.int32))
     return _with_valid(per_user, valid, scores.shape[0])
 
 

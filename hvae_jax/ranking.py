@@ -79,7 +79,7 @@ def _top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
         return _sorted_by_key(_order_keys(scores), np.broadcast_to(np.arange(n), scores.shape))
     columns = np.argpartition(scores, n - k, axis=1)[:, n - k:]
     chosen_scores = np.take_along_axis(scores, columns, 1)
-    kth = np.take_along_axis(scores, columns[:, :1], 1)  # argpartition leaves the k-th best first
+    kth = chosen_scores[:, :1]  # argpartition leaves the k-th best first
     redo = ((scores >= kth).sum(axis=1) > k) | np.isnan(chosen_scores).any(axis=1)
     columns = _sorted_by_key(_order_keys(chosen_scores), columns)
     if redo.any():
@@ -95,7 +95,7 @@ def host_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     n_chunks = max(1, min(len(rows), os.cpu_count() or 1))
     bounds = np.linspace(0, len(rows), n_chunks + 1).astype(int)
     pieces = list(_pool().map(lambda lo, hi: _top_k_rows(rows[lo:hi], k), bounds[:-1], bounds[1:]))
-    columns = np.concatenate(pieces) if pieces else np.zeros((0, k), np.int64)
+    columns = np.concatenate(pieces)
     values = np.take_along_axis(rows, columns, 1)
     return values.reshape(*shape[:-1], k), columns.astype(np.int32).reshape(*shape[:-1], k)
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from helpers import one_update, random_binary_csr
 
+from hvae_jax import input_paths
 from hvae_jax.configs import DAEConfig, TrainConfig
 from hvae_jax.configs import VAEConfig as ModelConfig
 from hvae_jax.data.batches import batch_slots, max_batch_nnz, to_device
 from hvae_jax.data.splits import EvalSet
 from hvae_jax.evaluate import evaluate
-from hvae_jax import input_paths
 from hvae_jax.input_paths import choose_path_name, neural_eval_step
 from hvae_jax.models import sparse as sparse_layer
 from hvae_jax.models.hvae import build_model, init_params
