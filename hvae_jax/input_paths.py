@@ -188,10 +188,20 @@ class DensePath(InputPath):
         return per_user_terms(self.model, params, x, side, user_keys, prior_state=prior_state, snapshot=snapshot,
                               dropout=dropout)
 
+    def _sparse_twin(self) -> SparsePath:
+        """The sparse path over the same model: evaluation's first layer under `sparse_evaluation`."""
+        return SparsePath(self.model, self.train, self.max_nnz)
+
     def eval_step(self, ks=DEFAULT_KS):
         if self.sparse_evaluation:
-            return SparsePath(self.model, self.train, self.max_nnz).eval_step(ks)
+            return self._sparse_twin().eval_step(ks)
         return make_eval_step(lambda params, fold_in, side: model_scorer(self.model, params)(fold_in, side), ks)
+
+    def means_of_rows(self, params, rows, fold_in, side, bound):
+        # The validation hook's active units: read through the same first layer as the metrics beside them.
+        if self.sparse_evaluation:
+            return self._sparse_twin().means_of_rows(params, rows, fold_in, side, bound)
+        return super().means_of_rows(params, rows, fold_in, side, bound)
 
     @property
     def eval_name(self) -> str:

@@ -126,3 +126,27 @@ def test_sparse_evaluation_equals_dense_evaluation(config):
     assert dense.keys() == sparse.keys()
     for name, value in dense.items():
         np.testing.assert_allclose(sparse[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_active_units_of_a_dense_run_read_through_its_evaluation_first_layer():
+    # Between the crossovers a dense run evaluates sparse; its validation's posterior means go the same way, and
+    # equal the dense path's to summation order (two levels, so each level's means are compared).
+    config = ModelConfig(latents=(8, 4), hidden=16)
+    train_matrix = _matrix(density=0.03)
+    fold_in = _matrix(n_rows=70, density=0.03, seed=5)
+    eval_set = EvalSet(fold_in=fold_in, heldout=fold_in, exclude=fold_in, user_ids=np.arange(70))
+    between = input_paths.resolve(config, TrainConfig(), train_matrix)
+    forced = input_paths.resolve(config, TrainConfig(input_path="dense"), train_matrix)
+    assert (between.eval_name, forced.eval_name) == ("sparse", "dense")
+    params = init_params(between.model, key=jax.random.key(6))
+    through_sparse = between.posterior_means(params, eval_set, batch_size=32)
+    through_dense = forced.posterior_means(params, eval_set, batch_size=32)
+    # The sparse twin's program has no dense [batch, n_items] rows: what it lowers to shows which layer ran.
+    rows, device_fold_in = jnp.arange(32, dtype=jnp.int32), to_device(fold_in)
+    bound = max_batch_nnz(fold_in, 32)
+    lowered = jax.jit(between.means_of_rows, static_argnames="bound").lower(params, rows, device_fold_in, None,
+                                                                          bound=bound).as_text()
+    assert f"32x{fold_in.shape[1]}xf32" not in lowered
+    assert [m.shape for m in through_sparse] == [(70, 8), (70, 4)]
+    for sparse_level, dense_level in zip(through_sparse, through_dense):
+        np.testing.assert_allclose(sparse_level, dense_level, rtol=1e-5, atol=1e-6)
