@@ -36,6 +36,7 @@ from benchmarks.torch_reference.transfer import flax_path, jax_to_torch, torch_t
 from hvae_jax.configs import KIMSUH_HVAMP, KIMSUH_TRAIN, RECVAE, RECVAE_TRAIN, TrainConfig, VAEConfig  # noqa: E402
 from hvae_jax.data.batches import to_device  # noqa: E402
 from hvae_jax.input_paths import PSEUDO_INPUT_STREAM  # noqa: E402
+from hvae_jax.models import keep_masks  # noqa: E402
 from hvae_jax.models.hvae import build_model, draw_noise, init_params, input_branches, parameter_group  # noqa: E402
 from hvae_jax.models.likelihoods import build_likelihood  # noqa: E402
 from hvae_jax.objectives import UserTerms, combine_terms, prior_context  # noqa: E402
@@ -148,7 +149,7 @@ def pseudo_input_mask(config, prior_key):
     """The keep mask `VampPrior.prepare` draws from its key (`priors.VampPrior.prepare`), or None."""
     if config.prior != "vamp" or not config.pseudo_input_dropout or prior_key is None:
         return None
-    keep = jax.random.bernoulli(prior_key, 1.0 - config.input_dropout, (config.n_pseudo_inputs, N_ITEMS))
+    keep = keep_masks.draw(prior_key, 1.0 - config.input_dropout, (config.n_pseudo_inputs, N_ITEMS))
     return keep.astype(jnp.float32)
 
 

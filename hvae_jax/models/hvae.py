@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hvae_jax.models import gaussian
+from hvae_jax.models import gaussian, keep_masks
 from hvae_jax.models.layers import DenseNetStack, Hidden, Projected, SeparateHeads, Stack, dense
 from hvae_jax.models.priors import PriorContext, build_prior
 
@@ -115,7 +115,7 @@ def draw_noise(config, n_items: int, *, key: jax.Array, dropout: bool = True) ->
     if dropout and config.input_dropout > 0:
         n_branches = len(input_branches(config))
         shape = (n_items,) if n_branches == 1 else (n_branches, n_items)
-        keep_mask = jax.random.bernoulli(dropout_key, 1.0 - config.input_dropout, shape).astype(jnp.float32)
+        keep_mask = keep_masks.draw(dropout_key, 1.0 - config.input_dropout, shape).astype(jnp.float32)
     if config.kind == "dae":
         return Noise(keep_mask, None)
     level_keys = jax.random.split(epsilon_key, config.n_levels)

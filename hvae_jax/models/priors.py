@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hvae_jax.models import gaussian
+from hvae_jax.models import gaussian, keep_masks
 
 # encode_top(inputs [K, n_items]) -> (means [K, d], logvars [K, d]): the top level's posterior network.
 EncodeTop = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
@@ -100,7 +100,7 @@ class VampPrior(Prior):
         if self.normalize:
             pseudo = pseudo * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(pseudo), -1, keepdims=True), 1e-12))
         if key is not None and self.dropout_rate > 0:
-            keep = jax.random.bernoulli(key, 1.0 - self.dropout_rate, pseudo.shape)
+            keep = keep_masks.draw(key, 1.0 - self.dropout_rate, pseudo.shape)
             pseudo = jnp.where(keep, pseudo / (1.0 - self.dropout_rate), 0.0)
         return encode_top(pseudo)  # (means [K, d], logvars [K, d])
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from hvae_jax.data.batches import BatchSlots
+from hvae_jax.models import keep_masks
 
 CHUNK = 2048
 
@@ -100,6 +101,6 @@ def sparse_input_from_slots(slots: BatchSlots, dropout_rate: float, *, key: jax.
     inverted dropout drawn per interaction (no key needed when `dropout_rate` is 0)."""
     value = slots.is_real.astype(jnp.float32) * jax.lax.rsqrt(jnp.maximum(slots.lengths[slots.row], 1).astype(jnp.float32))
     if dropout_rate > 0:
-        keep = jax.random.bernoulli(key, 1.0 - dropout_rate, value.shape)
+        keep = keep_masks.draw(key, 1.0 - dropout_rate, value.shape)
         value = jnp.where(keep, value / (1.0 - dropout_rate), 0.0)
     return SparseInput(slots.row, slots.item, value, slots.n_real)
