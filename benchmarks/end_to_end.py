@@ -102,7 +102,8 @@ def train_jax(split, model_config, train: TrainConfig, workdir: pathlib.Path) ->
     fitted = fit(model_config, train, split, workdir / "jax", progress=False, log=lambda message: None)
     wall = time.perf_counter() - start
     test_start = time.perf_counter()
-    test = evaluate(fitted.path.eval_step((100,)), fitted.best_params, split.test)
+    # The step validation compiled (fit's cut-offs), as `hvae train` evaluates after training.
+    test = evaluate(fitted.path.eval_step(), fitted.best_params, split.test)
     test_seconds = time.perf_counter() - test_start
     epoch_seconds = [row["train_seconds"] for row in fitted.history]
     compile_seconds = compile_excess(epoch_seconds)
@@ -267,14 +268,14 @@ def probe_jax_setup(split, model_config, train: TrainConfig) -> dict:
         timed("checkpoints close (waits for saves)", checkpoints.close)
         metrics_log.close()
         # What one validation costs, and its two parts: the ranking metrics, and the active units of every level
-        # (posterior means of the validation users, densified on the host), first call and second call.
-        from hvae_jax.evaluate import evaluate, make_means_step, posterior_means
+        # (posterior means of the validation users, as the Validation hook computes them), first and second call.
+        from hvae_jax.evaluate import evaluate
 
-        eval_step, means_step = setup.path.eval_step(), make_means_step(setup.model)
+        eval_step = setup.path.eval_step()
         for call in ("first", "second"):
             timed(f"validation metrics ({call} call)", lambda: evaluate(eval_step, state.params, split.valid))
             timed(f"validation active units ({call} call)",
-                  lambda: posterior_means(setup.model, state.params, split.valid, means_step=means_step))
+                  lambda: setup.path.posterior_means(state.params, split.valid))
     return times
 
 

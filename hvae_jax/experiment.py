@@ -29,7 +29,7 @@ from hvae_jax.data.interactions import Interactions
 from hvae_jax.data.readers import read_interactions
 from hvae_jax.data.splits import Split
 from hvae_jax.data.synthetic import synthetic_interactions
-from hvae_jax.evaluate import DEFAULT_KS, active_units, evaluate, make_eval_step, posterior_means, side_rows
+from hvae_jax.evaluate import DEFAULT_KS, active_units, evaluate, make_eval_step, side_rows
 from hvae_jax.hooks import LoopState
 from hvae_jax.models import baselines
 from hvae_jax.models.hvae import init_params, kl_estimators
@@ -332,10 +332,12 @@ def ease_results(split: Split, lambdas=EASE_LAMBDAS, log: Callable[[str], None] 
     return _evaluate_both(step, weights, split, None), l2
 
 
-def _latent_diagnostics(model, params, split: Split, side) -> dict:
+def _latent_diagnostics(path, params, split: Split, side) -> dict:
+    """Active units per level of the validation users (else the test users), read as the validation hook reads
+    them (the path's posterior-means step, compiled once)."""
     eval_set = split.valid if split.valid is not None else split.test
-    side_rows = None if side is None else side.get("valid" if split.valid is not None else "test")
-    level_means = posterior_means(model, params, eval_set, side_rows)
+    eval_side = None if side is None else side.get("valid" if split.valid is not None else "test")
+    level_means = path.posterior_means(params, eval_set, eval_side)
     return {"active_units_per_level": [active_units(m) for m in level_means]}
 
 
@@ -536,7 +538,7 @@ def _neural_results(settings: RunSettings, model_config, train_config: TrainConf
         last = fitted.history[-1] if fitted.history else {}
         results["kl_per_level"] = last.get("kl", [])
         results["kl_estimator_per_level"] = list(kl_estimators(model_config))
-        results.update(_latent_diagnostics(fitted.model, fitted.best_params, split, side))
+        results.update(_latent_diagnostics(fitted.path, fitted.best_params, split, side))
         if settings.iw_samples:
             results["importance_weighted"] = importance_weighted_loglik(
                 fitted.model, fitted.best_params, split, side, settings.iw_samples, train_config.seed,

@@ -28,7 +28,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hvae_jax import metrics, parallel, ranking
-from hvae_jax.data.batches import BatchSlots, DeviceCSR, batch_slots, densify, max_batch_nnz, to_device
+from hvae_jax.data.batches import (BatchSlots, DeviceCSR, batch_slots, densify, max_batch_nnz, power_of_two_at_least,
+                                    to_device)
 from hvae_jax.data.splits import EvalSet
 from hvae_jax.evaluate import DEFAULT_KS, make_eval_step, model_scorer
 from hvae_jax.models import item_sharded
@@ -76,6 +77,9 @@ class InputPath:
     train: Any
     max_nnz: int
     mesh: Mesh | None = None
+    # The jitted evaluation and posterior-means steps, built once per path (and cut-offs): validation every epoch
+    # and the evaluation after training share one compilation.
+    _steps: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def config(self):
@@ -126,7 +130,13 @@ class InputPath:
 
     def eval_step(self, ks: Sequence[int] = DEFAULT_KS):
         """The `evaluate.evaluate` step: `eval_step(params, rows, fold_in, exclude, heldout, side, *, n_items,
-        bounds)` on device CSR matrices."""
+        bounds)` on device CSR matrices; the same jitted function for the same cut-offs."""
+        ks = tuple(ks)
+        if ("eval", ks) not in self._steps:
+            self._steps["eval", ks] = self.build_eval_step(ks)
+        return self._steps["eval", ks]
+
+    def build_eval_step(self, ks: tuple[int, ...]):
         raise NotImplementedError
 
     def top_k(self, params, fold_in: jax.Array, side: jax.Array | None, k: int) -> tuple[jax.Array, jax.Array]:
@@ -144,10 +154,13 @@ class InputPath:
     def posterior_means(self, params, eval_set: EvalSet, side_features=None, batch_size: int = 1000) -> list:
         """Posterior means of every latent level for the users of `eval_set`, fed as training feeds the model: a
         list (bottom first) of [n_users, d_l] arrays. The set's CSR matrix goes to the device once."""
-        step = _means_step(self)
+        if "means" not in self._steps:
+            self._steps["means"] = jax.jit(self.means_of_rows, static_argnames="bound")
+        step = self._steps["means"]
         batch_size = max(1, min(batch_size, eval_set.n_users))
-        fold_in = to_device(eval_set.fold_in)
-        bound = max_batch_nnz(eval_set.fold_in, batch_size)
+        # Sizes rounded up to powers of two as `evaluate.evaluate` rounds them, so similar sets share a compilation.
+        fold_in = to_device(eval_set.fold_in, padded_nnz=power_of_two_at_least(eval_set.fold_in.nnz))
+        bound = power_of_two_at_least(max_batch_nnz(eval_set.fold_in, batch_size))
         side = None if side_features is None else jnp.asarray(side_features, jnp.float32)
         chunks = []
         for start in range(0, eval_set.n_users, batch_size):
@@ -192,7 +205,7 @@ class DensePath(InputPath):
         """The sparse path over the same model: evaluation's first layer under `sparse_evaluation`."""
         return SparsePath(self.model, self.train, self.max_nnz)
 
-    def eval_step(self, ks=DEFAULT_KS):
+    def build_eval_step(self, ks):
         if self.sparse_evaluation:
             return self._sparse_twin().eval_step(ks)
         return make_eval_step(lambda params, fold_in, side: model_scorer(self.model, params)(fold_in, side), ks)
@@ -275,7 +288,7 @@ class SparsePath(InputPath):
         """[batch, n_items] scores of fold-in given as slots (no dropout, z = posterior mean)."""
         return self.middle(params, None, fold_in, side, None, None, key=None, dropout=False, output_layer=True).logits
 
-    def eval_step(self, ks=DEFAULT_KS):
+    def build_eval_step(self, ks):
         return make_eval_step(self.scores, ks, fold_in_as_slots=True)
 
 
@@ -319,8 +332,7 @@ class ItemShardedPath(SparsePath):
         return item_sharded.top_k(hidden, kernel, bias, exclude, k, *self.catalogue,
                                   compute_dtype=self.config.compute_dtype)
 
-    def eval_step(self, ks=DEFAULT_KS):
-        ks = tuple(ks)
+    def build_eval_step(self, ks):
         n_items = self.catalogue.layout.n_items
         k = min(max(ks), n_items)
 
@@ -341,11 +353,6 @@ class ItemShardedPath(SparsePath):
     def place(self, tree):
         return jax.device_put(tree, item_sharded.param_shardings(self.config, tree, self.catalogue.mesh))
 
-
-@functools.cache
-def _means_step(path: InputPath):
-    """The path's jitted posterior-means step, built once per path (so every epoch reuses one compilation)."""
-    return jax.jit(path.means_of_rows, static_argnames="bound")
 
 
 def _hits(scores: jax.Array, items: jax.Array, heldout: BatchSlots) -> jax.Array:

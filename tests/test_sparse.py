@@ -150,3 +150,24 @@ def test_active_units_of_a_dense_run_read_through_its_evaluation_first_layer():
     assert [m.shape for m in through_sparse] == [(70, 8), (70, 4)]
     for sparse_level, dense_level in zip(through_sparse, through_dense):
         np.testing.assert_allclose(sparse_level, dense_level, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("input_path", ["dense", "sparse", "auto"])
+def test_validation_and_the_final_evaluation_share_one_compiled_step(input_path):
+    config = ModelConfig(latents=(8,), hidden=16)
+    path = input_paths.resolve(config, TrainConfig(input_path=input_path), _matrix(density=0.03))
+    ks = (20, 100)
+    step = path.eval_step(ks)
+    assert path.eval_step(list(ks)) is step and path.eval_step((10,)) is not step
+    params = init_params(path.model, key=jax.random.key(1))
+    # Sets of different sizes (as validation and test users are): their sizes round to the same powers of two.
+    valid, test = _matrix(n_rows=60, density=0.03, seed=7), _matrix(n_rows=60, density=0.036, seed=8)
+    assert valid.nnz != test.nnz
+    for fold_in in (valid, test):
+        evaluate(step, params, EvalSet(fold_in=fold_in, heldout=fold_in, exclude=fold_in, user_ids=np.arange(60)))
+    assert step._cache_size() == 1  # one compilation for both sets
+    # The posterior-means step is built once too.
+    path.posterior_means(params, EvalSet(fold_in=valid, heldout=valid, exclude=valid, user_ids=np.arange(60)))
+    means_step = path._steps["means"]
+    path.posterior_means(params, EvalSet(fold_in=test, heldout=test, exclude=test, user_ids=np.arange(60)))
+    assert path._steps["means"] is means_step and means_step._cache_size() == 1
