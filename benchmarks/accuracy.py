@@ -33,6 +33,7 @@ import sys
 import time
 
 from benchmarks.runners import published_model
+from benchmarks.throughput import library_revision
 from hvae_jax.configs import MODELS, TrainConfig, model_config_to_dict
 from hvae_jax.experiment import RunSettings, run
 
@@ -278,6 +279,8 @@ def _write_record(path: pathlib.Path, dataset: str, model: str, tag: str, settin
         "settings": settings_fields, "model_config": model_config_to_dict(model_config),
         "train_config": dataclasses.asdict(train), "wall_seconds": wall_seconds,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        # The code that trained it (records before 2026-12-01's 2bc4088 drew dropout masks with jax.random.bernoulli).
+        "library_revision": library_revision(),
         "results": results, "history": history,
     }
     path.parent.mkdir(parents=True, exist_ok=True)

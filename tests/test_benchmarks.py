@@ -312,8 +312,10 @@ def test_seeds_trained_together_write_the_records_that_training_each_alone_write
     together_root = tmp_path / "together"
     together = accuracy.run_seeds_together("tiny", "multvae", "tiny", (2, 3), root=together_root)
     assert [record["seed"] for record in together] == [2, 3]
-    # One wall time for the ensemble, shared by its members' records.
+    # One wall time for the ensemble, shared by its members' records; each names the code that trained it.
     assert together[0]["wall_seconds"] == together[1]["wall_seconds"] > 0
+    assert together[0]["library_revision"].keys() == alone[0]["library_revision"].keys() == {
+        "commit", "hvae_jax_uncommitted_changes"}
     for one, member in zip(alone, together):
         as_written = json.loads(json.dumps(member))  # tuples as lists
         path = accuracy.run_path("tiny", "multvae", "tiny", member["seed"], together_root)
