@@ -6,10 +6,8 @@ parts of it that must survive an interruption travel in the `latest` checkpoint'
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import threading
 from typing import Any, Callable
 
 import jax
@@ -23,14 +21,6 @@ from hvae_jax.evaluate import active_units, evaluate
 from hvae_jax.logs import MetricsLog
 
 VALIDATION_METRIC = "ndcg@100"
-
-# JAX settings a `with` block sets for its own thread only, and that key compiled programs: a thread that compiles
-# for the loop takes the loop's values of them (say, `with jax.default_matmul_precision(...)` around `fit`).
-THREAD_LOCAL_SETTINGS = {
-    "jax_numpy_dtype_promotion": jax.numpy_dtype_promotion,
-    "jax_numpy_rank_promotion": jax.numpy_rank_promotion,
-    "jax_default_matmul_precision": jax.default_matmul_precision,
-}
 
 
 @dataclasses.dataclass
@@ -96,11 +86,7 @@ class LoopState:
 
 
 class Hook:
-    """The protocol: `before_training` once before the first epoch (the training state not yet updated);
-    `after_epoch` after every epoch with the loop's state; `close` once at the end."""
-
-    def before_training(self, loop: LoopState) -> None:
-        del loop
+    """The protocol: `after_epoch` runs after every epoch with the loop's state; `close` once at the end."""
 
     def after_epoch(self, loop: LoopState) -> None:
         raise NotImplementedError
@@ -118,54 +104,17 @@ class Validation(Hook):
         self.eval_step, self.eval_set, self.every, self.last_epoch = eval_step, eval_set, every, last_epoch
         self.side, self.path = side, path
         self.with_active_units = with_active_units and path is not None
-        self._warm_up: threading.Thread | None = None
 
     def due(self, epoch: int) -> bool:
         return epoch % self.every == 0 or epoch == self.last_epoch
 
-    def before_training(self, loop):
-        """Compiles the validation steps in a thread while the first epoch's update compiles and runs (XLA
-        compiles on one core): the first validation then waits for nothing. On copies of the parameters, since
-        the update donates the state's buffers; one process only, where no collective can interleave."""
-        if jax.process_count() != 1 or loop.evaluation_params is None:
-            return
-        params = jax.block_until_ready(jax.tree.map(jnp.copy, loop.evaluation_params))
-        settings = {name: getattr(jax.config, name) for name in THREAD_LOCAL_SETTINGS}
-        self._warm_up = threading.Thread(target=self._validate_quietly, args=(params, settings),
-                                         name="validation-warm-up", daemon=True)
-        self._warm_up.start()
-
-    def _validate_quietly(self, params, settings: dict) -> None:
-        try:
-            with contextlib.ExitStack() as stack:
-                for name, value in settings.items():
-                    stack.enter_context(THREAD_LOCAL_SETTINGS[name](value))
-                self.validate(params)
-        except Exception:  # noqa: BLE001 - the first real validation raises the same error where it can be seen
-            pass
-
-    def validate(self, params) -> tuple[dict, list | None]:
-        """(the metrics, the active units per level or None) of `params` on the validation users."""
-        metrics = evaluate(self.eval_step, params, self.eval_set, side_features=self.side)
-        if not self.with_active_units:
-            return metrics, None
-        level_means = self.path.posterior_means(params, self.eval_set, self.side)
-        return metrics, [active_units(means) for means in level_means]
-
     def after_epoch(self, loop):
         if not self.due(loop.epoch):
             return
-        if self._warm_up is not None:
-            self._warm_up.join()
-            self._warm_up = None
-        loop.row["valid"], units = self.validate(loop.evaluation_params)
-        if units is not None:
-            loop.row["active_units"] = units
-
-    def close(self, loop):
-        if self._warm_up is not None:  # a run that stopped before validating
-            self._warm_up.join()
-            self._warm_up = None
+        loop.row["valid"] = evaluate(self.eval_step, loop.evaluation_params, self.eval_set, side_features=self.side)
+        if self.with_active_units:
+            level_means = self.path.posterior_means(loop.evaluation_params, self.eval_set, self.side)
+            loop.row["active_units"] = [active_units(means) for means in level_means]
 
 
 class KeepBest(Hook):

@@ -520,10 +520,6 @@ def _run_epochs(setup: TrainSetup, state: TrainState, loop: hooks.LoopState, loo
         clock.seconds_by_phase[name] += time.perf_counter() - start
 
     start_epoch = loop.epoch + 1
-    if start_epoch <= setup.train.epochs:
-        loop.evaluation_params = setup.evaluation_params(state)
-        for hook in loop_hooks:
-            timed(type(hook).__name__, lambda: hook.before_training(loop))
     for epoch in range(start_epoch, setup.train.epochs + 1):
         if loop.should_stop or (stop_after_epochs is not None and clock.epochs >= stop_after_epochs):
             break

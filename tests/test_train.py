@@ -125,35 +125,6 @@ def test_no_compilation_after_the_first_epoch(baseline):
     assert later == [], f"{len(later)} traces/compilations during epochs 2..{TRAIN.epochs}"
 
 
-def test_validation_compiles_in_a_thread_while_the_first_epoch_trains_and_changes_nothing(split, baseline, tmp_path,
-                                                                                          monkeypatch):
-    import threading
-
-    from hvae_jax import hooks
-
-    callers: list[str] = []
-    validate = hooks.Validation.validate
-
-    def recorded(self, params):
-        callers.append(threading.current_thread().name)
-        return validate(self, params)
-
-    monkeypatch.setattr(hooks.Validation, "validate", recorded)
-    warmed = fit(MODEL, TRAIN, split, tmp_path / "warmed", progress=False, log=lambda _: None)
-    # The warm-up validates once, off the main thread, before the epochs' validations.
-    assert callers == ["validation-warm-up"] + ["MainThread"] * TRAIN.epochs
-    # One compilation, shared by the warm-up and every validation (the warm-up's parameters are copies of the same
-    # placement as the trained ones).
-    assert warmed.path.eval_step()._cache_size() == 1
-    assert warmed.path._steps["means"]._cache_size() == 1
-    # The same history as the baseline (which warmed up too) and as a run without the warm-up.
-    assert without_timings(warmed.history) == without_timings(baseline[0].history)
-    monkeypatch.setattr(hooks.Validation, "before_training", lambda self, loop: None)
-    cold = fit(MODEL, TRAIN, split, tmp_path / "cold", progress=False, log=lambda _: None)
-    assert without_timings(cold.history) == without_timings(warmed.history)
-    assert_trees_equal(cold.best_params, warmed.best_params)
-
-
 def test_validation_metric_and_best_epoch(split, baseline):
     result = baseline[0]
     ndcg = [row["valid"][VALIDATION_METRIC] for row in result.history]
