@@ -137,6 +137,7 @@ class InputPath:
         return self._steps["eval", ks]
 
     def build_eval_step(self, ks: tuple[int, ...]):
+        """A new jitted evaluation step for cut-offs `ks` (each path its own; `eval_step` keeps them)."""
         raise NotImplementedError
 
     def top_k(self, params, fold_in: jax.Array, side: jax.Array | None, k: int) -> tuple[jax.Array, jax.Array]:
@@ -352,7 +353,6 @@ class ItemShardedPath(SparsePath):
 
     def place(self, tree):
         return jax.device_put(tree, item_sharded.param_shardings(self.config, tree, self.catalogue.mesh))
-
 
 
 def _hits(scores: jax.Array, items: jax.Array, heldout: BatchSlots) -> jax.Array:
