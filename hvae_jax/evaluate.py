@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hvae_jax import metrics
-from hvae_jax.data.batches import (batch_slots, densify, densify_mask, host_dense_rows, max_batch_nnz,
-                                    power_of_two_at_least, to_device)
+from hvae_jax.data.batches import (batch_slots, densify, densify_mask, max_batch_nnz, power_of_two_at_least,
+                                    to_device)
 from hvae_jax.data.splits import EvalSet
 from hvae_jax.models import sparse as sparse_layer
 
@@ -112,32 +112,6 @@ def evaluate(
         for batch_rows in jnp.asarray(rows).reshape(n_batches, batch_size)
     ]
     return metrics.summarize(metrics.concat_per_user(per_batch))
-
-
-def make_means_step(model: nn.Module) -> Callable:
-    """Jitted `means_step(params, fold_in [batch, n_items], side) -> tuple of [batch, d_l]` posterior means (bottom
-    first); built once, so calling it every epoch with new parameters compiles nothing new."""
-
-    @jax.jit
-    def means_step(params, fold_in, side):
-        one_user = lambda x, s: model.apply({"params": params}, x, s, None, with_kl=False).means  # noqa: E731
-        return jax.vmap(one_user, in_axes=(0, None if side is None else 0))(fold_in, side)
-
-    return means_step
-
-
-def posterior_means(
-    model: nn.Module, params, eval_set: EvalSet, side_features=None, batch_size: int = 1000, means_step=None
-):
-    """Posterior means of every latent level for the users of `eval_set`: a list (bottom first) of [n_users, d_l]."""
-    means_step = means_step or make_means_step(model)
-    batch_size = max(1, min(batch_size, eval_set.n_users))
-    chunks = []
-    for start in range(0, eval_set.n_users, batch_size):
-        fold_in, real = host_dense_rows(eval_set.fold_in, start, batch_size)
-        side = side_rows(side_features, start, batch_size)
-        chunks.append([np.asarray(level)[real] for level in means_step(params, fold_in, side)])
-    return [np.concatenate([chunk[level] for chunk in chunks]) for level in range(len(chunks[0]))]
 
 
 def active_units(level_means: np.ndarray, threshold: float = 0.01) -> int:

@@ -208,7 +208,7 @@ class DensePath(InputPath):
 
     def build_eval_step(self, ks):
         if self.sparse_evaluation:
-            return self._sparse_twin().eval_step(ks)
+            return self._sparse_twin().build_eval_step(ks)
         return make_eval_step(lambda params, fold_in, side: model_scorer(self.model, params)(fold_in, side), ks)
 
     def means_of_rows(self, params, rows, fold_in, side, bound):

@@ -16,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-MAX_PLANES = 8  # keep probabilities on a grid of 1/256: beyond it the planes cost as much as bernoulli's words
+MAX_PLANES = 8  # keep probabilities on a grid of 1/256 (a quarter of bernoulli's words); finer ones fall back
 
 WORD_BITS = 32
 
