@@ -475,14 +475,19 @@ def cmd_table(args) -> None:
         out.with_suffix(".md").write_text(table + "\n")
 
 
+def ran_whole_cap(record: dict) -> bool:
+    """Whether a record's training ran to its epoch cap, its patience never stopping it (closed forms: False)."""
+    epochs = record["results"].get("epochs")
+    return epochs is not None and epochs >= record["train_config"]["epochs"]
+
+
 def cut_short(record: dict) -> bool:
     """Whether a record's training stopped at an epoch cap lower than today's budget for its data set and setting
     (it ran its whole cap: its patience had not stopped it), so that it must train again under the budget."""
-    results, train = record["results"], record["train_config"]
-    if results.get("epochs") is None:  # closed forms
+    if not ran_whole_cap(record):
         return False
     _, _, budget_now = configs_for(record["dataset"], record["model"], record["tag"], record["seed"])
-    return results["epochs"] >= train["epochs"] and budget_now.epochs > train["epochs"]
+    return budget_now.epochs > record["train_config"]["epochs"]
 
 
 def cmd_plan(args) -> None:
@@ -493,6 +498,11 @@ def cmd_plan(args) -> None:
                      and cut_short(json.loads(path.read_text()))]
             if short:
                 print(f"{dataset} {model}: stopped at a lower cap than today's budget: {', '.join(short)}")
+            at_cap = [f"{tag} seed {seed} (best epoch {record['results']['best_epoch']})" for tag in tags_of(model)
+                      for seed in SEEDS if (path := run_path(dataset, model, tag, seed)).exists()
+                      and ran_whole_cap(record := json.loads(path.read_text())) and not cut_short(record)]
+            if at_cap:
+                print(f"{dataset} {model}: ran today's whole cap, its patience never stopping it: {', '.join(at_cap)}")
             missing = [tag for tag in tags_of(model) if not run_path(dataset, model, tag, SEEDS[0]).exists()]
             if missing:
                 print(f"{dataset} {model}: selection runs missing: {', '.join(missing)}")
