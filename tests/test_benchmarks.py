@@ -245,7 +245,8 @@ def test_a_run_is_cut_short_when_it_ran_its_whole_cap_and_the_budget_now_allows_
     assert accuracy.cut_short(record("multvae", 200, 200))  # ran the old cap: train again
     assert not accuracy.cut_short(record("multvae", 200, 163))  # its patience stopped it first
     assert not accuracy.cut_short(record("multvae", 400, 400))  # today's cap: `plan` says it ran the whole cap
-    assert accuracy.ran_whole_cap(record("multvae", 400, 400)) and not accuracy.ran_whole_cap(record("multvae", 400, 399))
+    assert accuracy.ran_whole_cap(record("multvae", 400, 400))
+    assert not accuracy.ran_whole_cap(record("multvae", 400, 399))
     # The alternating schedule's cap is twice the budget's: 400 was the old cap, 800 today's.
     assert accuracy.cut_short(record("recvae", 400, 400))
     assert not accuracy.cut_short(record("recvae", 800, 800))
