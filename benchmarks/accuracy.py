@@ -493,14 +493,17 @@ def cut_short(record: dict) -> bool:
 def cmd_plan(args) -> None:
     for dataset in args.datasets.split(","):
         for model in args.models.split(","):
-            short = [f"{tag} seed {seed}" for tag in tags_of(model) for seed in SEEDS
-                     if (path := run_path(dataset, model, tag, seed)).exists()
-                     and cut_short(json.loads(path.read_text()))]
+            records = [json.loads(path.read_text()) for tag in tags_of(model) for seed in SEEDS
+                       if (path := run_path(dataset, model, tag, seed)).exists()]
+            short, at_cap = [], []
+            for record in filter(ran_whole_cap, records):
+                if cut_short(record):
+                    short.append(f"{record['tag']} seed {record['seed']}")
+                else:
+                    at_cap.append(f"{record['tag']} seed {record['seed']} (best epoch "
+                                  f"{record['results']['best_epoch']})")
             if short:
                 print(f"{dataset} {model}: stopped at a lower cap than today's budget: {', '.join(short)}")
-            at_cap = [f"{tag} seed {seed} (best epoch {record['results']['best_epoch']})" for tag in tags_of(model)
-                      for seed in SEEDS if (path := run_path(dataset, model, tag, seed)).exists()
-                      and ran_whole_cap(record := json.loads(path.read_text())) and not cut_short(record)]
             if at_cap:
                 print(f"{dataset} {model}: ran today's whole cap, its patience never stopping it: {', '.join(at_cap)}")
             missing = [tag for tag in tags_of(model) if not run_path(dataset, model, tag, SEEDS[0]).exists()]
