@@ -191,6 +191,10 @@ def configs_for(dataset: str, model: str, tag: str, seed: int, overrides: tuple[
     """(settings, model config, train config) of one run: the named model, the data set's budget, the setting
     `tag` of the model's grid (or `overrides`: model fields, train fields), and the seed."""
     named = published_model(model)
+    if overrides is None and tag not in tags_of(model):
+        # Otherwise the model's defaults would train under a name that says something else.
+        raise ValueError(f"{model} has no setting {tag!r} in benchmarks/accuracy.py GRIDS; "
+                         f"its settings: {', '.join(tags_of(model))}")
     model_fields, train_fields = overrides or GRIDS.get(model, {}).get(tag, ({}, {}))
     model_config = dataclasses.replace(named.config, **_tuples(model_fields))
     # The budget's patience (in epochs) is the protocol: the named models' patience in updates stays out of it.
@@ -349,6 +353,12 @@ def selected_tag(dataset: str, model: str) -> str | None:
 
 def cmd_run(args) -> None:
     workroot = pathlib.Path(args.workroot)
+    if args.tags:
+        models = args.models.split(",")
+        unknown = [tag for tag in args.tags.split(",") if not any(tag in tags_of(model) for model in models)]
+        if unknown:
+            raise SystemExit(f"--tags: no setting {', '.join(map(repr, unknown))} in the grid of "
+                             + "; ".join(f"{model} ({', '.join(tags_of(model))})" for model in models))
     for dataset in args.datasets.split(","):
         for model in args.models.split(","):
             if args.stage == "select" and args.settings_from:
@@ -356,8 +366,13 @@ def cmd_run(args) -> None:
                 # (one) for every model, and nothing of this data set's held-out users seen in choosing it.
                 tag = selected_tag(args.settings_from, model) or tags_of(model)[0]
                 jobs = [(tag, SEEDS[0])]
+            elif args.stage == "select" and args.tags:
+                # Each model runs the listed settings it has (one list can name settings of several models).
+                jobs = [(tag, SEEDS[0]) for tag in args.tags.split(",") if tag in tags_of(model)]
+                if not jobs:
+                    print(f"{dataset} {model}: none of --tags is among its settings; nothing to run", flush=True)
             elif args.stage == "select":
-                jobs = [(tag, SEEDS[0]) for tag in (args.tags.split(",") if args.tags else tags_of(model))]
+                jobs = [(tag, SEEDS[0]) for tag in tags_of(model)]
             else:
                 tag = selected_tag(dataset, model)
                 if tag is None:

@@ -197,6 +197,29 @@ def test_hierarchy_settings_reproduce_their_recorded_configs(dataset, tag, sourc
     assert results_only(as_json(dataclasses.asdict(train))) == results_only(recorded)
 
 
+def test_a_setting_missing_from_a_models_grid_is_an_error_not_a_run_of_its_defaults(tmp_path):
+    import argparse
+
+    from benchmarks import accuracy
+
+    # Under another model's tag the hierarchy would train its own defaults and record them as that setting.
+    with pytest.raises(ValueError, match=r"hvae has no setting 'default-beta0.8'.*mv-2level-composite"):
+        accuracy.configs_for("amazon-book", "hvae", "default-beta0.8", 1)
+    assert accuracy.configs_for("amazon-book", "multvae", "default-beta0.8", 1)[2].beta_cap == 0.8
+    # Models without a grid have one setting, `default`; overrides name their own setting.
+    assert accuracy.configs_for("ml-1m", "ease", "default", 1)[1].kind == "ease"
+    with pytest.raises(ValueError, match="ease has no setting 'tuned'"):
+        accuracy.configs_for("ml-1m", "ease", "tuned", 1)
+    assert accuracy.configs_for("ml-1m", "ease", "tuned", 1, ({}, {}))[1].kind == "ease"
+    # `run --tags` names the tag and every model's settings before anything trains.
+    args = argparse.Namespace(workroot=str(tmp_path), datasets="amazon-book", models="multvae,hvae",
+                              tags="default-beta0.8,mv-2level-composit", stage="select", settings_from=None,
+                              force=False, ensemble=False)
+    with pytest.raises(SystemExit, match=r"no setting 'mv-2level-composit' in the grid of multvae \(liang, .*; hvae"):
+        accuracy.cmd_run(args)
+    assert not any(tmp_path.iterdir())
+
+
 def test_the_named_hierarchies_are_the_settings_validation_chose():
     """`--model hvae` is the grid's `mv-2level-composite`; `--model hvae-recvae` is the ml-1m ablation's winner."""
     import dataclasses
